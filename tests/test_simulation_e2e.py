@@ -1,0 +1,118 @@
+"""End to end: a real Flower simulation (SuperLink + Ray) of 2 sites on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from common.config import ModelConfig, resolve
+from common.model import build_model
+from tests.conftest import make_texts
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _flower_processes(marker: str) -> list[str]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                blob = Path(f"/proc/{pid}/cmdline").read_bytes() + Path(f"/proc/{pid}/environ").read_bytes()
+            except OSError:
+                continue
+            if marker.encode() in blob and int(pid) != os.getpid():
+                found.append(pid)
+    return found
+
+
+@pytest.fixture(scope="module")
+def sim_run(tmp_path_factory, tiny_model_dir):
+    tmp = tmp_path_factory.mktemp("sim")
+    texts, labels = make_texts(300, 4)
+    import pandas as pd
+
+    pd.DataFrame({"text": texts, "label": labels}).to_csv(tmp / "pooled.csv", index=False)
+    out = tmp / "run"
+    sets = [f"model.base={tiny_model_dir}", f"simulation.data={tmp / 'pooled.csv'}", "simulation.sites=2",
+            "simulation.partition=iid", "federation.rounds=2", "model.max-length=32",
+            "train.learning-rate=0.003", "train.local-epochs=2"]
+    cmd = [sys.executable, "-m", "fedtune.cli", "simulate", "--out", str(out)]
+    for s in sets:
+        cmd += ["--set", s]
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc, resolve(None, sets)
+
+
+def test_run_directory_contract(sim_run):
+    out, proc, _ = sim_run
+    for name in ("config.toml", "metrics.jsonl", "metrics.csv", "summary.json", "adapter/labels.json",
+                 "adapter/adapter_config.json", "adapter/adapter_model.safetensors"):
+        assert (out / name).is_file(), name
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"] == 2 and summary["sites"] == ["site-0", "site-1"]
+    assert 0.0 <= summary["accuracy"] <= 1.0 and "macro_f1" in summary
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2]
+    for row in rows:  # every site trained and reported test metrics every round
+        assert set(row["per_site"]) == {"site-0", "site-1"}
+        for site in row["per_site"].values():
+            assert site["train"]["num-examples"] > 0 and "accuracy" in site["evaluate"]
+    assert json.loads((out / "adapter/labels.json").read_text()) == [f"intent_{i}" for i in range(4)]
+    assert "round   2/2" in proc.stdout
+
+
+def test_global_adapter_changed(sim_run, tiny_model_dir):
+    out, _, cfg = sim_run
+    initial = build_model(cfg.model, num_labels=4, seed=cfg.train.seed).model
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    saved = load_file(str(out / "adapter/adapter_model.safetensors"))
+    start = get_peft_model_state_dict(initial)
+    assert set(saved) == set(start)
+    changed = [k for k in saved if not torch.equal(saved[k], start[k])]
+    assert any("lora_B" in k for k in changed) and any("classifier" in k for k in changed)
+
+
+def test_stock_peft_reproduces_site_metrics(sim_run, tiny_model_dir):
+    """Stock PeftModel.from_pretrained on the base model gives the predictions fedtune evaluated."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from client.trainer import encode, evaluate
+    from common.data import prepare_site
+
+    out, _, cfg = sim_run
+    labels = json.loads((out / "adapter/labels.json").read_text())
+    base = AutoModelForSequenceClassification.from_pretrained(str(tiny_model_dir), num_labels=len(labels))
+    model = PeftModel.from_pretrained(base, str(out / "adapter")).eval()
+    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    summary = json.loads((out / "summary.json").read_text())
+    for site in ("site-0", "site-1"):
+        site_dir = out / "sites" / site
+        prepared = prepare_site(site_dir / "data.csv", cfg=cfg.data, seed=cfg.train.seed,
+                                label_names=labels, site_dir=site_dir)
+        test = prepared.test
+        with torch.no_grad():
+            enc = tok(test["text"].tolist(), truncation=True, max_length=cfg.model.max_length,
+                      padding=True, return_tensors="pt")
+            pred = model(**enc).logits.argmax(-1).numpy()
+        stock_acc = float((pred == test["label"].to_numpy()).mean())
+        assert stock_acc == pytest.approx(summary["per_site"][site]["accuracy"], abs=1e-9)
+        ours = evaluate(model, encode(tok, test["text"].tolist(), test["label"].to_numpy(),
+                                      max_length=cfg.model.max_length), num_labels=len(labels))
+        assert ours["accuracy"] == pytest.approx(stock_acc, abs=1e-9)
+
+
+def test_no_process_left_behind(sim_run):
+    out, _, _ = sim_run
+    assert _flower_processes(str(out / ".flwr")) == []
