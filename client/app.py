@@ -1,28 +1,39 @@
 """fedtune's ClientApp: Flower messages in, typed calls, Flower messages out — nothing else.
 
 What leaves the site: the adapter arrays (LoRA matrices + head) after training, and aggregate
-metrics (counts, mean loss, accuracy, ...). Never text, labels or per-example values."""
+metrics (counts, mean loss, accuracy, ...). Never text, labels or per-example values; the
+outbound guard mod blocks anything else."""
 
 from __future__ import annotations
 
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.guard import outbound_guard_mod
+from client.policy import PolicyViolation, enforce_policy, redact_metrics
 from client.site import get_site, site_facts
 from common.config import from_run_config
+from common.errors import PrivacyBudgetExceeded
 
-app = ClientApp()
+app = ClientApp(mods=[outbound_guard_mod])
+POLICY_WIRED = True
 
-# Keys a site may put in a reply's MetricRecord (the leak test holds us to this list).
-TRAIN_METRICS = ("num-examples", "train_loss", "steps", "train_seconds")
+# Keys a site may put in a reply's MetricRecord (client/guard.py enforces the full whitelist).
+TRAIN_METRICS = ("num-examples", "train_loss", "steps", "train_seconds", "epsilon", "delta",
+                 "epsilon_budget", "noise_multiplier")
 EVAL_METRICS = ("num-examples", "accuracy", "macro_f1", "loss", "auc_roc", "mae", "rmse", "r2",
                 "eval_seconds")
+REFUSED = 451  # Error code of a round a site refused (privacy budget, site policy)
 
 
-def _metrics(values: dict, allowed: tuple[str, ...]) -> MetricRecord:
+def _metrics(values: dict, allowed: tuple[str, ...], policy) -> MetricRecord:
     values = dict(values)
     values["num-examples"] = int(values.pop("num_examples"))
-    return MetricRecord({k: v for k, v in values.items() if k in allowed})
+    return MetricRecord(redact_metrics(policy, {k: v for k, v in values.items() if k in allowed}))
+
+
+def _refuse(msg: Message, site: str, err: Exception) -> Message:
+    return Message(Error(code=REFUSED, reason=f"{site} refused: {err}"), reply_to=msg)
 
 
 @app.train()
@@ -30,12 +41,16 @@ def train(msg: Message, context: Context) -> Message:
     cfg = from_run_config(context.run_config)
     facts = site_facts(context.node_config, cfg)
     site = get_site(cfg, facts)
-    server_round = int(msg.content["config"]["server-round"])
-    state = msg.content["arrays"].to_torch_state_dict()
-    new_state, stats = site.fit(state, server_round=server_round)
+    try:
+        policy = enforce_policy(context.node_config, cfg, rows=len(site.splits["train"]))
+        state = msg.content["arrays"].to_torch_state_dict()
+        new_state, stats = site.fit(state, server_round=int(msg.content["config"]["server-round"]),
+                                    run=str(context.run_id))
+    except (PolicyViolation, PrivacyBudgetExceeded) as err:
+        return _refuse(msg, facts.name, err)
     content = RecordDict({
         "arrays": ArrayRecord(new_state),
-        "metrics": _metrics(stats, TRAIN_METRICS),
+        "metrics": _metrics(stats, TRAIN_METRICS, policy),
         "site": ConfigRecord({"name": facts.name}),
     })
     return Message(content=content, reply_to=msg)
@@ -46,10 +61,13 @@ def evaluate(msg: Message, context: Context) -> Message:
     cfg = from_run_config(context.run_config)
     facts = site_facts(context.node_config, cfg)
     site = get_site(cfg, facts)
-    state = msg.content["arrays"].to_torch_state_dict()
-    metrics = site.evaluate(state, split="test")
+    try:
+        policy = enforce_policy(context.node_config, cfg, rows=len(site.splits["train"]))
+    except PolicyViolation as err:
+        return _refuse(msg, facts.name, err)
+    metrics = site.evaluate(msg.content["arrays"].to_torch_state_dict(), split="test")
     content = RecordDict({
-        "metrics": _metrics(metrics, EVAL_METRICS),
+        "metrics": _metrics(metrics, EVAL_METRICS, policy),
         "site": ConfigRecord({"name": facts.name}),
     })
     return Message(content=content, reply_to=msg)

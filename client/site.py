@@ -15,8 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from client.dp_trainer import train_dp
+from client.privacy import PrivacyLedger, default_delta
 from client.trainer import Encoded, Schedule, encode, evaluate, steps_per_round, train
-from common.adapter import get_state, set_state
+from common.adapter import FFA_FROZEN, get_state, set_state
 from common.config import RunConfig, from_flat
 from common.data import prepare_site
 from common.errors import ConfigError
@@ -31,6 +33,7 @@ class SiteFacts:
     index: int
     data_path: str
     site_dir: str
+    privacy_budget: float = 0.0  # the site's own lifetime epsilon cap (0 = take the run's)
 
 
 def site_facts(node_config: dict, cfg: RunConfig) -> SiteFacts:
@@ -41,15 +44,19 @@ def site_facts(node_config: dict, cfg: RunConfig) -> SiteFacts:
         site_dir = str(node_config.get("site-dir") or Path(data_path).parent / ".fedtune")
         index = int(node_config.get("site-index", 0))
         name = str(node_config.get("site-name") or f"site-{index}")
-        return SiteFacts(name=name, index=index, data_path=data_path, site_dir=site_dir)
+        return SiteFacts(name=name, index=index, data_path=data_path, site_dir=site_dir,
+                         privacy_budget=float(node_config.get("privacy-budget", 0.0)))
     if "partition-id" in node_config:
         if not cfg.output.run_dir:
             raise ConfigError("simulation needs output.run-dir (set by `fedtune simulate`): run the "
                               "federation with `fedtune simulate`, which partitions the data first")
         index = int(node_config["partition-id"])
-        site_dir = Path(cfg.output.run_dir) / "sites" / f"site-{index}"
+        sites = Path(cfg.simulation.sites_dir or Path(cfg.output.run_dir) / "sites")
+        site_dir = sites / f"site-{index}"
+        budgets = [float(b) for b in cfg.simulation.site_budgets.split(",") if b.strip()]
         return SiteFacts(name=f"site-{index}", index=index,
-                         data_path=str(site_dir / "data.csv"), site_dir=str(site_dir))
+                         data_path=str(site_dir / "data.csv"), site_dir=str(site_dir),
+                         privacy_budget=budgets[index] if index < len(budgets) else 0.0)
     raise ConfigError("this SuperNode has no `data-path` in its node config: start it with "
                       "`fedtune site start --data FILE` (or --node-config 'data-path=\"FILE\"')")
 
@@ -68,6 +75,11 @@ class Site:
         self.report, self.fingerprint = prepared.report, prepared.fingerprint
         built = build_model(cfg.model, num_labels=self.num_labels, seed=cfg.train.seed)
         self.model, self.tokenizer = built.model, built.tokenizer
+        self.exclude = FFA_FROZEN if cfg.ffa else ()
+        if cfg.ffa:  # A stays at the init every party derives from the shared seed
+            for name, p in self.model.named_parameters():
+                if any(part in name for part in FFA_FROZEN):
+                    p.requires_grad = False
         self.pad_id = self.tokenizer.pad_token_id or 0
         self.splits: dict[str, Encoded] = {}
         for split in ("train", "val", "test"):
@@ -76,10 +88,24 @@ class Site:
                                         frame["label"].to_numpy(), max_length=cfg.model.max_length)
         self.setup_seconds = time.perf_counter() - t0
 
-    def fit(self, state: dict[str, torch.Tensor], *, server_round: int,
+    def budget(self) -> float:
+        """The dataset's lifetime epsilon cap. The site decides it (node config `privacy-budget`);
+        only a site that set none takes the run's privacy.budget (or privacy.epsilon)."""
+        return self.facts.privacy_budget or self.cfg.privacy.budget or self.cfg.privacy.epsilon
+
+    def ledger(self) -> PrivacyLedger:
+        n = len(self.splits["train"])
+        return PrivacyLedger(self.facts.site_dir, dataset=self.fingerprint, num_examples=n,
+                             delta=self.cfg.privacy.delta or default_delta(n),
+                             budget=self.budget(), accountant=self.cfg.privacy.accountant)
+
+    def fit(self, state: dict[str, torch.Tensor], *, server_round: int, run: str = "local",
             progress: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
-        """Load the global state, train this round's local steps, return the new state."""
-        set_state(self.model, state)
+        """Load the global state, train this round's local steps, return the new state.
+
+        Under DP the ledger is read from disk, the round is checked against the budget BEFORE
+        training (PrivacyBudgetExceeded = refused), and the round is recorded after it."""
+        set_state(self.model, state, exclude=self.exclude)
         train_split = self.splits["train"]
         per_round = steps_per_round(len(train_split), self.cfg.train)
         total = per_round * self.cfg.federation.rounds
@@ -88,13 +114,36 @@ class Site:
         rng = np.random.default_rng([self.cfg.train.seed, self.facts.index, server_round])
         torch.manual_seed(hash((self.cfg.train.seed, self.facts.index, server_round)) % 2**31)
         t0 = time.perf_counter()
-        stats = train(self.model, train_split, cfg=self.cfg.train, schedule=sched, rng=rng,
-                      pad_id=self.pad_id, progress=progress, desc=f"{self.facts.name} r{server_round}")
+        if self.cfg.privacy.dp:
+            stats = self._fit_dp(train_split, sched, rng, per_round, server_round, run, progress)
+        else:
+            stats = train(self.model, train_split, cfg=self.cfg.train, schedule=sched, rng=rng,
+                          pad_id=self.pad_id, progress=progress,
+                          desc=f"{self.facts.name} r{server_round}")
         stats["train_seconds"] = time.perf_counter() - t0
-        return get_state(self.model), stats
+        return get_state(self.model, exclude=self.exclude), stats
+
+    def _fit_dp(self, data: Encoded, sched: Schedule, rng, steps: int, server_round: int,
+                run: str, progress: bool) -> dict[str, float]:
+        ledger = self.ledger()
+        q = min(1.0, self.cfg.train.batch_size / max(1, len(data)))
+        plan = ledger.plan(run, sample_rate=q, planned_steps=steps * self.cfg.federation.rounds,
+                           run_epsilon=self.cfg.privacy.epsilon)
+        ledger.check(noise_multiplier=plan.noise_multiplier, sample_rate=q, steps=steps)
+        stats = train_dp(self.model, data, cfg=self.cfg.train, schedule=sched, rng=rng,
+                         steps=steps, sample_rate=q, noise_multiplier=plan.noise_multiplier,
+                         max_grad_norm=self.cfg.privacy.max_grad_norm, pad_id=self.pad_id,
+                         progress=progress)
+        eps = ledger.record(run=run, server_round=server_round,
+                            noise_multiplier=plan.noise_multiplier, sample_rate=q, steps=steps)
+        # weight by the expected batch total, not the random Poisson count
+        stats["num_examples"] = max(1, round(steps * q * len(data)))
+        stats.update(epsilon=eps, delta=ledger.delta, epsilon_budget=ledger.budget,
+                     noise_multiplier=plan.noise_multiplier)
+        return stats
 
     def evaluate(self, state: dict[str, torch.Tensor], *, split: str = "test") -> dict[str, float]:
-        set_state(self.model, state)
+        set_state(self.model, state, exclude=self.exclude)
         data = self.splits[split]
         t0 = time.perf_counter()
         metrics = evaluate(self.model, data, num_labels=self.num_labels, pad_id=self.pad_id)

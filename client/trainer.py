@@ -50,16 +50,21 @@ def batches(data: Encoded, *, batch_size: int, shuffle: bool, rng: np.random.Gen
         groups += [block[i:i + batch_size] for i in range(0, len(block), batch_size)]
     if shuffle:
         groups = [groups[i] for i in rng.permutation(len(groups))]
-    label_dtype = torch.float32 if data.labels.dtype.kind == "f" else torch.long
     for idx in groups:
-        width = int(lengths[idx].max())
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            seq = data.ids[i]
-            ids[row, :len(seq)] = torch.as_tensor(seq)
-            mask[row, :len(seq)] = 1
-        yield ids, mask, torch.as_tensor(data.labels[idx], dtype=label_dtype), idx
+        yield (*collate(data, idx, pad_id=pad_id), idx)
+
+
+def collate(data: Encoded, idx: np.ndarray, *, pad_id: int = 0):
+    """(input_ids, attention_mask, labels) for rows `idx`, padded to the longest of them."""
+    label_dtype = torch.float32 if data.labels.dtype.kind == "f" else torch.long
+    width = max(len(data.ids[i]) for i in idx)
+    ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(idx), width), dtype=torch.long)
+    for row, i in enumerate(idx):
+        seq = data.ids[i]
+        ids[row, :len(seq)] = torch.as_tensor(seq)
+        mask[row, :len(seq)] = 1
+    return ids, mask, torch.as_tensor(data.labels[idx], dtype=label_dtype)
 
 
 def lr_factor(step: int, *, total: int, warmup: int, schedule: str) -> float:

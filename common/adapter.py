@@ -20,25 +20,35 @@ def is_peft(model: torch.nn.Module) -> bool:
     return hasattr(model, "peft_config")
 
 
-def get_state(model: torch.nn.Module) -> "OrderedDict[str, torch.Tensor]":
+FFA_FROZEN = ("lora_A",)  # under FFA-LoRA these stay at the shared seeded init and never travel
+
+
+def get_state(model: torch.nn.Module, *, exclude: tuple[str, ...] = ()) -> "OrderedDict[str, torch.Tensor]":
     """The trainable state that leaves a site: the PEFT adapter (LoRA + head), or every trainable
-    parameter under full fine-tuning. Tensors are detached CPU copies."""
+    parameter under full fine-tuning; keys containing any `exclude` part are left out (FFA-LoRA's
+    frozen A). Tensors are detached CPU copies."""
     if is_peft(model):
         from peft import get_peft_model_state_dict
 
         state = get_peft_model_state_dict(model)
     else:
         state = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    return OrderedDict((k, v.detach().cpu().clone()) for k, v in state.items())
+    return OrderedDict((k, v.detach().cpu().clone()) for k, v in state.items()
+                       if not any(part in k for part in exclude))
 
 
-def set_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load a received state; the key set and shapes must match exactly."""
-    expected = get_state(model)
+def set_state(model: torch.nn.Module, state: dict[str, torch.Tensor], *,
+              exclude: tuple[str, ...] = ()) -> None:
+    """Load a received state; the key set (less `exclude`) and shapes must match exactly."""
+    expected = get_state(model, exclude=exclude)
     check_keys(expected, state)
     if is_peft(model):
         from peft import set_peft_model_state_dict
 
+        if exclude:  # keep the local (shared-init) values of the excluded keys
+            full = get_state(model)
+            full.update(state)
+            state = full
         set_peft_model_state_dict(model, state)
     else:
         params = dict(model.named_parameters())

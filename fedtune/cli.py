@@ -30,6 +30,24 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ledger(args: argparse.Namespace) -> int:
+    """Print every privacy ledger under a site directory (one per dataset)."""
+    from client.privacy import PrivacyLedger
+
+    files = sorted(Path(args.site_dir).glob("ledger/*.json"))
+    if not files:
+        raise FedtuneError(f"no privacy ledger under {args.site_dir}/ledger: check --site-dir (the "
+                           "site's `site-dir`, or <run>/sites/site-N in simulation)")
+    for path in files:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        accountant = (data["entries"][-1]["accountant"] if data["entries"] else args.accountant)
+        budget = data["entries"][-1].get("budget", 0.0) if data["entries"] else 0.0
+        ledger = PrivacyLedger(args.site_dir, dataset=data["dataset"], num_examples=data["num_examples"],
+                               delta=data["delta"], budget=args.budget or budget, accountant=accountant)
+        print(ledger.describe())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedtune", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -38,6 +56,16 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--out", help="run directory (default runs/sim-<timestamp>)")
     sim.add_argument("--quiet", action="store_true", help="print only the final summary")
     sim.set_defaults(func=cmd_simulate)
+    led = sub.add_parser("ledger", help="print a site's privacy ledger(s)")
+    led.add_argument("--site-dir", required=True, help="the site directory holding ledger/")
+    led.add_argument("--budget", type=float, default=0.0, help="show spending against this budget")
+    led.add_argument("--accountant", default="rdp", choices=["rdp", "prv"])
+    led.set_defaults(func=cmd_ledger)
+    from fedtune.cli_release import register as register_release
+    from fedtune.ops.cli import register as register_ops
+
+    register_release(sub)
+    register_ops(sub)
     try:
         from common.data.cli import add_prepare_parser, run_prepare
 

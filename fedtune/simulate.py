@@ -44,8 +44,9 @@ def prepare_sites(cfg: RunConfig, out: Path) -> RunConfig:
         task = dataclasses.replace(task, labels=f"@{out / 'labels.txt'}")
     parts = partition(pooled, scheme=cfg.simulation.partition, num_sites=cfg.simulation.sites,
                       label_column=label_col, seed=cfg.train.seed)
+    sites_dir = Path(cfg.simulation.sites_dir).resolve() if cfg.simulation.sites_dir else out / "sites"
     for i, part in enumerate(parts):
-        site = out / "sites" / f"site-{i}"
+        site = sites_dir / f"site-{i}"
         site.mkdir(parents=True, exist_ok=True)
         tmp = site / ".data.csv.tmp"
         part.to_csv(tmp, index=False)
@@ -56,7 +57,7 @@ def prepare_sites(cfg: RunConfig, out: Path) -> RunConfig:
     return dataclasses.replace(
         cfg, task=task,
         simulation=dataclasses.replace(cfg.simulation, data=str(data.resolve()),
-                                       concurrency=concurrency),
+                                       concurrency=concurrency, sites_dir=str(sites_dir)),
         train=dataclasses.replace(cfg.train, threads=threads),
         output=dataclasses.replace(cfg.output, run_dir=str(out)))
 
@@ -66,8 +67,8 @@ def simulate(cfg: RunConfig, *, out: Path, quiet: bool = False) -> dict:
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     cfg = prepare_sites(cfg, out)
-    sizes = [sum(1 for _ in open(out / "sites" / f"site-{i}" / "data.csv", encoding="utf-8")) - 1
-             for i in range(cfg.simulation.sites)]
+    sizes = [sum(1 for _ in open(Path(cfg.simulation.sites_dir) / f"site-{i}" / "data.csv",
+                                 encoding="utf-8")) - 1 for i in range(cfg.simulation.sites)]
     _say(f"fedtune simulate: {cfg.simulation.sites} sites ({cfg.simulation.partition}) with "
          f"{sizes} rows; {cfg.federation.rounds} rounds; {cfg.simulation.concurrency} sites at a "
          f"time x {cfg.train.threads} threads; run directory {out}", quiet)

@@ -99,6 +99,20 @@ class RunDir:
         atomic_write(self.path / "summary.json", json.dumps(summary, indent=1, sort_keys=True))
         return summary
 
+    def privacy_summary(self) -> dict[str, dict[str, float]]:
+        """Last reported (epsilon, delta, budget) per site, and the rounds each site refused."""
+        out: dict[str, dict] = {}
+        for r in self.history:
+            for site, v in r["per_site"].items():
+                if "epsilon" in v["train"]:
+                    out[site] = {k: v["train"][k] for k in ("epsilon", "delta", "epsilon_budget")
+                                 if k in v["train"]}
+            for failure in r["failures"]:
+                if "refused" in failure:
+                    site = failure.split(" refused", 1)[0].split(": ")[0]
+                    out.setdefault(site, {}).setdefault("refused_rounds", []).append(r["round"])
+        return out
+
     def write_plots(self) -> None:
         """accuracy/loss per round (weighted and per site) as PNG; skipped without matplotlib."""
         try:
@@ -139,6 +153,7 @@ def format_round(row: dict, *, total_rounds: int) -> str:
     ev = row["evaluate"]
     head = " ".join(f"{k}={ev[k]:.4f}" for k in HEADLINE if k in ev)
     sites = " ".join(f"{s}:{v['evaluate'].get('accuracy', v['evaluate'].get('rmse', float('nan'))):.3f}"
+                     + (f" eps={v['train']['epsilon']:.2f}" if "epsilon" in v["train"] else "")
                      for s, v in row["per_site"].items() if v["evaluate"])
     loss = row["train"].get("train_loss")
     parts = [f"round {row['round']:>3}/{total_rounds}", f"{row['round_s']:6.1f}s",

@@ -12,7 +12,15 @@ from dataclasses import dataclass, field
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAdagrad, FedAdam, FedAvg, FedProx, FedYogi, Strategy
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyServerSideFixedClipping,
+    FedAdagrad,
+    FedAdam,
+    FedAvg,
+    FedProx,
+    FedYogi,
+    Strategy,
+)
 
 from common.config import RunConfig
 
@@ -24,10 +32,32 @@ def build_strategy(cfg: RunConfig, *, num_sites: int) -> Strategy:
                   min_train_nodes=fed.min_sites, min_evaluate_nodes=fed.min_sites,
                   min_available_nodes=max(fed.min_sites, num_sites))
     if fed.strategy == "fedavg":
-        return FedAvg(**common)
-    if fed.strategy == "fedprox":
-        return FedProx(**common)
-    return {"fedadam": FedAdam, "fedyogi": FedYogi, "fedadagrad": FedAdagrad}[fed.strategy](**common)
+        strategy: Strategy = FedAvg(**common)
+    elif fed.strategy == "fedprox":
+        strategy = FedProx(**common)
+    else:
+        strategy = {"fedadam": FedAdam, "fedyogi": FedYogi,
+                    "fedadagrad": FedAdagrad}[fed.strategy](**common)
+    if cfg.privacy.server_noise > 0:
+        # Site-level DP at the coordinator: each site's update is clipped to server-clip and
+        # Gaussian noise (server-noise x clip) is added to the aggregate (Flower's wrapper).
+        strategy = DifferentialPrivacyServerSideFixedClipping(
+            strategy, noise_multiplier=cfg.privacy.server_noise,
+            clipping_norm=cfg.privacy.server_clip,
+            num_sampled_clients=max(1, round(fed.fraction_train * num_sites)))
+    return strategy
+
+
+def server_dp_epsilon(*, noise_multiplier: float, rounds: int, num_sites: int) -> dict[str, float]:
+    """Site-level (epsilon, delta) of server-side DP after `rounds`, by Opacus' RDP accountant.
+    Every site takes part in every round, so no sampling amplification is claimed (q = 1)."""
+    from opacus.accountants import RDPAccountant
+
+    delta = 1.0 / (10 * max(1, num_sites))
+    acc = RDPAccountant()
+    acc.history = [(noise_multiplier, 1.0, rounds)]
+    return {"epsilon": float(acc.get_epsilon(delta=delta)), "delta": delta,
+            "noise_multiplier": noise_multiplier, "rounds": rounds}
 
 
 @dataclass
@@ -48,9 +78,31 @@ def _site_name(msg: Message) -> str:
     return f"node-{msg.metadata.src_node_id}"
 
 
+def _failure(name: str, reason: str, *, phase: str = "train") -> str:
+    """A site's refusal names the site itself ("site-1 refused: ..."); other errors get the node."""
+    reason = (reason or "unknown error").strip()
+    if " refused: " in reason.split("\n", 1)[0]:
+        return reason.splitlines()[0]
+    return f"{name} ({phase}): {reason.splitlines()[-1] if reason else reason}"
+
+
 def _metric_dict(msg: Message) -> dict[str, float]:
     rec = next(iter(msg.content.metric_records.values()), MetricRecord())
     return {k: float(v) for k, v in rec.items() if not isinstance(v, list)}
+
+
+def _common_metric_keys(replies: list[Message]) -> None:
+    """Keep only the metric keys every valid reply has (a site may share fewer metrics by policy,
+    or report epsilon under DP), so Flower's consistency check and weighted averages hold.
+    The full per-site metrics were recorded before this."""
+    records = [next(iter(m.content.metric_records.values())) for m in replies
+               if not m.has_error() and m.content.metric_records]
+    if not records:
+        return
+    common = set(records[0]).intersection(*map(set, records[1:]))
+    for rec in records:
+        for key in [k for k in rec if k not in common]:
+            del rec[key]
 
 
 class Recorded(Strategy):
@@ -79,10 +131,11 @@ class Recorded(Strategy):
         for msg in replies:
             name = _site_name(msg)
             if msg.has_error():
-                log.failures.append(f"{name}: {msg.error.reason}")
+                log.failures.append(_failure(name, msg.error.reason))
                 continue
             log.train[name] = _metric_dict(msg)
             log.upload_bytes[name] = sum(a.count_bytes() for a in msg.content.array_records.values())
+        _common_metric_keys(replies)
         return self.inner.aggregate_train(server_round, replies)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -96,9 +149,10 @@ class Recorded(Strategy):
         log = self._log(server_round)
         for msg in replies:
             if msg.has_error():
-                log.failures.append(f"{_site_name(msg)} (evaluate): {msg.error.reason}")
+                log.failures.append(_failure(_site_name(msg), msg.error.reason, phase="evaluate"))
             else:
                 log.evaluate[_site_name(msg)] = _metric_dict(msg)
         if not replies:
             return None
+        _common_metric_keys(replies)
         return self.inner.aggregate_evaluate(server_round, replies)

@@ -1,0 +1,158 @@
+"""CLI for what comes after training: export, predict, report, audit, keygen, release, verify.
+
+    fedtune export  RUN_DIR --out DIR [--int8] [--force]
+    fedtune predict MODEL_DIR --data FILE --out FILE.{csv,jsonl} [--batch-size N] [--text-column COL]
+    fedtune report  RUN_DIR [--out FILE.html] [--bench DIR ...]
+    fedtune audit   RUN_DIR [--max-examples N]
+    fedtune keygen  --out DIR [--force]
+    fedtune release RUN_DIR --key KEY --out DIR [--force]
+    fedtune verify  BUNDLE --pub KEY.pub [--base-model DIR]
+
+`register(subparsers)` adds them to the main `fedtune` parser; `python -m fedtune.cli_release`
+runs them standalone. Every handler returns an exit code; FedtuneError means exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from common.errors import FedtuneError
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from fedtune.export import TOLERANCE, export_run
+
+    meta = export_run(args.run_dir, out=args.out, int8=args.int8, force=args.force)
+    print(f"export: merged vs adapter max abs logit diff {meta['max_abs_logit_diff']:.3g} (limit {TOLERANCE:g})")
+    if args.int8:
+        print(f"export: int8 vs adapter max abs logit diff {meta['int8_max_abs_logit_diff']:.3g}, "
+              f"same top label on {100 * meta['int8_argmax_agreement']:.0f} % of probe rows")
+    print(f"export: wrote {args.out} (merged model + tokenizer), {Path(args.out) / 'adapter'}"
+          + (f", {Path(args.out) / 'int8'}" if args.int8 else ""))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from fedtune.predict import predict_file
+
+    result = predict_file(args.model_dir, data=args.data, out=args.out, batch_size=args.batch_size,
+                          text_column=args.text_column, progress=not args.quiet)
+    extra = f", accuracy {result['accuracy']:.4f} against the file's labels" if "accuracy" in result else ""
+    print(f"predict: {result['rows']} rows in {result['seconds']:.2f}s ({result['rows_per_s']:.0f} rows/s)"
+          f"{extra} -> {result['out']}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from fedtune.report import write_report
+
+    bench = [Path(b) for b in args.bench] if args.bench else None
+    path, n_plots = write_report(args.run_dir, out=args.out, bench_dirs=bench)
+    print(f"report: wrote {path} ({n_plots} plots, self-contained)")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from fedtune.audit import AUDIT_NAME, audit_run
+
+    result = audit_run(args.run_dir, max_examples=args.max_examples)
+    for site, auc in result.items():
+        flag = "  <- members distinguishable: consider DP-SGD or fewer rounds" if auc > 0.6 else ""
+        print(f"audit: {site:<16} loss-threshold AUC {auc:.3f}{flag}")
+    print(f"audit: wrote {Path(args.run_dir) / AUDIT_NAME}")
+    return 0
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from fedtune.release import keygen
+
+    key, pub = keygen(args.out, force=args.force)
+    print(f"keygen: private key {key} (mode 0600: keep it secret), public key {pub} (give it to verifiers)")
+    return 0
+
+
+def cmd_release(args: argparse.Namespace) -> int:
+    from fedtune.release import release
+
+    card = release(args.run_dir, key=args.key, out=args.out, force=args.force)
+    print(f"release: wrote signed bundle {args.out} ({card['task']['type']}, {card['training']['rounds']} rounds, "
+          f"sites {', '.join(card['sites'])})")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from fedtune.release import verify_bundle
+
+    result = verify_bundle(args.bundle, pub=args.pub, base_model=args.base_model)
+    base = "matches --base-model" if result["base_model_checked"] else "not checked (pass --base-model DIR)"
+    print(f"verify: OK — signature by key {result['key_id']}, {result['files']} files intact, "
+          f"base model {result['base_model_sha256'][:16]}… {base}")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add export/predict/report/audit/keygen/release/verify to an argparse subparsers object."""
+    p = subparsers.add_parser("export", help="merged model (+int8) and adapter for deployment")
+    p.add_argument("run_dir", help="run directory (config.toml + adapter/)")
+    p.add_argument("--out", required=True, help="export directory to create")
+    p.add_argument("--int8", action="store_true", help="also write a dynamically int8-quantised CPU model")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_export)
+
+    p = subparsers.add_parser("predict", help="batch predictions for a CSV/JSONL file")
+    p.add_argument("model_dir", help="an export directory (or its int8/) or a run directory")
+    p.add_argument("--data", required=True, help="CSV/TSV/JSONL/Parquet input (label column optional)")
+    p.add_argument("--out", required=True, help="predictions file: .csv or .jsonl")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--text-column", help="text column of --data when it differs from the run's data.text-column")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_predict)
+
+    p = subparsers.add_parser("report", help="one self-contained HTML page about a run")
+    p.add_argument("run_dir")
+    p.add_argument("--out", help="HTML file (default RUN_DIR/report.html)")
+    p.add_argument("--bench", action="append", metavar="DIR",
+                   help="folder of bench result JSON with a `baselines` key (default RUN_DIR/bench/results)")
+    p.set_defaults(func=cmd_report)
+
+    p = subparsers.add_parser("audit", help="membership-inference audit per simulated site")
+    p.add_argument("run_dir")
+    p.add_argument("--max-examples", type=int, default=2000, help="rows per split and site (default 2000)")
+    p.set_defaults(func=cmd_audit)
+
+    p = subparsers.add_parser("keygen", help="make an Ed25519 signing key pair")
+    p.add_argument("--out", required=True, help="folder for fedtune_ed25519.key / .pub")
+    p.add_argument("--force", action="store_true", help="replace an existing key pair")
+    p.set_defaults(func=cmd_keygen)
+
+    p = subparsers.add_parser("release", help="signed bundle: adapter + model card + manifest")
+    p.add_argument("run_dir")
+    p.add_argument("--key", required=True, help="private key from `fedtune keygen`")
+    p.add_argument("--out", required=True, help="bundle directory to create")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_release)
+
+    p = subparsers.add_parser("verify", help="check a release bundle's signature, hashes and base model")
+    p.add_argument("bundle")
+    p.add_argument("--pub", required=True, help="the publisher's public key (.pub)")
+    p.add_argument("--base-model", help="base model directory to check the adapter against")
+    p.set_defaults(func=cmd_verify)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone entry point (the same handlers as `fedtune <command>`)."""
+    parser = argparse.ArgumentParser(prog="fedtune", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except FedtuneError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

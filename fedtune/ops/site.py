@@ -1,0 +1,149 @@
+"""`fedtune site start`: one institution's SuperNode, run in the foreground.
+
+The site's own facts travel as node config, written to `<site-dir>/node-config.toml` and passed
+with `flower-supernode --node-config FILE` (no shell quoting of paths): `data-path`, `site-dir`,
+`site-name`, `site-index`, and the site policy's `policy-*` keys (client/policy.py). The site
+verifies the coordinator with the CA (`--root-certificates`) and proves who it is with its own
+key (`--auth-supernode-private-key`); only the adapter arrays and aggregate metrics leave."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_ssh_private_key
+
+from client.policy import load_policy
+from common.errors import ConfigError, FedtuneError
+from fedtune.ops import ops_env, run_foreground, split_address, tls_preflight
+from fedtune.ops.certs import SITE_NAME
+
+DEFAULT_PORT = 9094  # the SuperNode's local ClientAppIo/runtime port; never opened to the network
+
+
+def _check_key(key: Path) -> None:
+    if not key.is_file():
+        raise ConfigError(f"--key {key} does not exist: use the site's private key <name>.key from "
+                          "`fedtune certs` (folder site-<name>)")
+    try:
+        private = load_ssh_private_key(key.read_bytes(), password=None)
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"--key {key} is not an unencrypted OpenSSH private key ({err}): use the "
+                          "<name>.key written by `fedtune certs`") from err
+    if not isinstance(private, ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"--key {key} is not an EC key: Flower node authentication needs an EC "
+                          "(NIST curve) key, as written by `fedtune certs`")
+    if key.stat().st_mode & 0o077:
+        print(f"fedtune: WARNING {key} is readable by other users: chmod 600 {key}",
+              file=sys.stderr, flush=True)
+
+
+def _toml_scalar(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))
+
+
+def node_config(*, data: Path, site_dir: Path, name: str, index: int,
+                policy: Path | None) -> dict[str, Any]:
+    """The node config this site hands its ClientApp (see the module docstring)."""
+    values: dict[str, Any] = {"data-path": str(data), "site-dir": str(site_dir), "site-name": name,
+                              "site-index": index}
+    if policy is not None:
+        values.update(load_policy(policy).to_node_config())
+    return values
+
+
+def write_node_config(path: Path, values: dict[str, Any]) -> None:
+    path.write_text("# written by `fedtune site start`; edit the flags, not this file\n" +
+                    "".join(f"{k} = {_toml_scalar(v)}\n" for k, v in values.items()), encoding="utf-8")
+
+
+def _default_index(name: str) -> int:
+    """A stable per-site number (seeds the site's local shuffling)."""
+    return int(hashlib.sha256(name.encode()).hexdigest()[:6], 16)
+
+
+def start(*, coordinator: str, ca: Path | None, key: Path | None, data: Path, site_dir: Path,
+          name: str, port: int = DEFAULT_PORT, policy: Path | None = None, insecure: bool = False,
+          index: int | None = None) -> int:
+    """Run this site's SuperNode until SIGTERM/SIGINT (or until the coordinator refuses it)."""
+    host, cport = split_address(coordinator)
+    if not SITE_NAME.match(name):
+        raise ConfigError(f"--name {name!r}: use letters, digits, '-', '_' or '.' (max 63)")
+    data = data.resolve()
+    if not data.is_file():
+        raise ConfigError(f"--data {data} does not exist: give this site's local data file "
+                          "(CSV/JSONL/Parquet with text and label columns)")
+    if insecure:
+        print("fedtune: WARNING --insecure: this site talks to the coordinator WITHOUT TLS and "
+              "without authenticating; use only for a local demo.", file=sys.stderr, flush=True)
+        ca = key = None
+    else:
+        if ca is None or key is None:
+            raise ConfigError("site start needs --ca FILE (the federation's ca.crt) and --key FILE "
+                              "(this site's private key), or --insecure for a local demo")
+        if not ca.is_file():
+            raise ConfigError(f"--ca {ca} does not exist: use the ca.crt from your site folder")
+        _check_key(key)
+    site_dir = site_dir.resolve()
+    site_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    values = node_config(data=data, site_dir=site_dir, name=name,
+                         index=_default_index(name) if index is None else index, policy=policy)
+    write_node_config(site_dir / "node-config.toml", values)
+
+    state = tls_preflight(host, cport, ca=ca)
+    if state == "unreachable":
+        print(f"fedtune: coordinator {coordinator} not reachable yet; the site keeps retrying",
+              flush=True)
+    env, marker = ops_env(site_dir / "flwr-home")
+    cmd = ["flower-supernode", "--superlink", f"{host}:{cport}", "--host", "127.0.0.1",
+           "--port", str(port), "--isolation", "subprocess",
+           "--node-config", str(site_dir / "node-config.toml")]
+    if insecure:
+        cmd.append("--insecure")
+    else:
+        cmd += ["--root-certificates", str(ca.resolve()), "--auth-supernode-private-key",
+                str(key.resolve())]
+    print(f"site {name}: data {data}; policy {policy or 'none'}; connecting to {coordinator}",
+          flush=True)
+
+    def _announce(line: str) -> None:
+        if "SuperNode ID:" in line:  # Flower logs it once the coordinator accepted the key
+            print(f"site {name} connected to coordinator {coordinator} as node "
+                  f"{line.rsplit(':', 1)[-1].strip()}", flush=True)
+
+    code, last = run_foreground(cmd, env=env, log=site_dir / "site.log", marker=marker, cwd=site_dir,
+                                on_line=_announce)
+    if code:
+        raise FedtuneError(explain_exit(code, "\n".join(last[-20:]), name=name, key=key,
+                                        coordinator=coordinator, log=site_dir / "site.log"))
+    return 0
+
+
+def explain_exit(code: int, text: str, *, name: str, key: Path | None, coordinator: str,
+                 log: Path) -> str:
+    """Turn a SuperNode's last words into an operator's next step."""
+    low = text.lower()
+    if "failed to activate" in low or "code: 2004" in low or "registered via the cli" in low:
+        return (f"the coordinator at {coordinator} refused site {name!r}: its public key is not "
+                f"enrolled. Send {Path(key).with_suffix('.pub') if key else '<name>.pub'} to the "
+                f"coordinator's operator, who runs `fedtune coordinator enroll --certs DIR --site "
+                f"{name}`, then start the site again (log: {log})")
+    if "invalid supernode authentication" in low or " 401" in low:
+        return (f"the coordinator rejected site {name!r}'s signature: keep this machine's clock in "
+                f"sync (NTP; more than 5 s ahead is refused), and if the key changed, enroll the new "
+                f".pub (log: {log})")
+    if "certificate_verify_failed" in low or "certificate verify failed" in low:
+        return (f"the coordinator's certificate is not trusted by --ca: use the ca.crt from the same "
+                f"`fedtune certs` run as the coordinator (log: {log})")
+    if re.search(r"address already in use|errno 98", low):
+        return f"the site's local port is taken: choose another --port (log: {log})"
+    return f"the site's SuperNode exited with code {code}; last lines (log {log}):\n{text}"

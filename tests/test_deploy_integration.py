@@ -1,0 +1,219 @@
+"""End to end on loopback: `fedtune certs`, a real coordinator (TLS + node authentication) and real
+sites, each reading only its own data file, one 2-round federation run via `fedtune run`.
+
+Sites a, b, c are the federation. Site d is enrolled too but its policy pins another base model:
+once client/app.py enforces site policies (client.app.POLICY_WIRED) it refuses every round, so the
+run still has exactly a, b, c. Site e is never enrolled; a site with another CA is also tried."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from fedtune.flower import free_port
+from tests.conftest import make_texts
+
+ROOT = Path(__file__).resolve().parents[1]
+MARK = "FEDTUNE_IT_MARKER"
+LABELS = [f"intent_{i}" for i in range(4)]
+
+
+def _marked(marker: str) -> list[int]:
+    """PIDs of live processes that inherited our marker (zombies excluded)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z"):
+                continue
+            if marker.encode() in Path(f"/proc/{pid}/environ").read_bytes():
+                found.append(int(pid))
+        except (OSError, IndexError):
+            continue
+    return found
+
+
+class Federation:
+    """Starts and stops every process of the test; `stop()` is idempotent."""
+
+    def __init__(self, tmp: Path, tiny: Path):
+        self.tmp, self.tiny, self.marker = tmp, tiny, uuid.uuid4().hex
+        self.env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                        **{MARK: self.marker}, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.port = free_port()
+        self.coordinator = f"127.0.0.1:{self.port}"
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "fedtune.ops.cli", *args], cwd=ROOT, env=self.env,
+                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def spawn(self, name: str, *args: str) -> subprocess.Popen:
+        log = open(self.tmp / f"{name}.out", "wb")  # noqa: SIM115 - closed by the child's exit
+        proc = subprocess.Popen([sys.executable, "-m", "fedtune.ops.cli", *args], cwd=ROOT, env=self.env,
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+        log.close()
+        self.procs[name] = proc
+        return proc
+
+    def output(self, name: str) -> str:
+        return (self.tmp / f"{name}.out").read_text(errors="replace")
+
+    def wait_for(self, name: str, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.output(name):
+                return
+            if self.procs[name].poll() is not None:
+                break
+            time.sleep(0.3)
+        raise AssertionError(f"{name} never printed {text!r}:\n{self.output(name)[-3000:]}")
+
+    def site_args(self, name: str, *, ca: Path | None = None, policy: Path | None = None) -> list[str]:
+        certs = self.tmp / "certs"
+        args = ["site", "start", "--coordinator", self.coordinator,
+                "--ca", str(ca or certs / f"site-{name}/ca.crt"), "--key", str(certs / f"site-{name}/{name}.key"),
+                "--data", str(self.tmp / f"data-{name}.csv"), "--site-dir", str(self.tmp / f"site-{name}"),
+                "--name", name, "--port", str(free_port())]
+        return args + (["--policy", str(policy)] if policy else [])
+
+    def stop(self) -> list[int]:
+        """SIGTERM every wrapper (they reap their Flower children); returns (and kills) leftovers."""
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while _marked(self.marker) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = _marked(self.marker)
+        for pid in left:  # last resort, so a failing test leaves nothing either
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return left
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory, tiny_model_dir):
+    import pandas as pd
+
+    tmp = tmp_path_factory.mktemp("deploy")
+    f = Federation(tmp, tiny_model_dir)
+    try:
+        made = f.cli("certs", "--out", str(tmp / "certs"), "--sites", "a,b,c,d,e", "--san", "127.0.0.1,localhost")
+        assert made.returncode == 0, made.stderr
+        assert f.cli("certs", "--out", str(tmp / "other"), "--sites", "x").returncode == 0
+        texts, labels = make_texts(600, 4)
+        for i, name in enumerate("abcde"):  # every site its own file; nobody sees the pool
+            pd.DataFrame({"text": texts[i % 4::4], "label": labels[i % 4::4]}).to_csv(tmp / f"data-{name}.csv",
+                                                                              index=False)
+        (tmp / "d-policy.toml").write_text(f'base-model-sha256 = ["{"0" * 64}"]\ntask-types = ["classification"]\n')
+        f.spawn("coordinator", "coordinator", "start", "--certs", str(tmp / "certs/coordinator"),
+                "--port", str(f.port), "--state", str(tmp / "coord/state.db"))
+        f.wait_for("coordinator", f"coordinator listening on https://{f.coordinator}", 90)
+        for name in "abcd":
+            enrolled = f.cli("coordinator", "enroll", "--certs", str(tmp / "certs/coordinator"), "--site", name,
+                             "--coordinator", f.coordinator)
+            assert enrolled.returncode == 0 and "enrolled site" in enrolled.stdout, enrolled.stdout + enrolled.stderr
+        yield f
+    finally:
+        f.stop()
+
+
+def test_site_without_the_federation_ca_cannot_connect(fed):
+    t0 = time.monotonic()
+    proc = fed.cli(*fed.site_args("a", ca=fed.tmp / "other/site-x/ca.crt"), timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "does not trust" in proc.stderr and "fedtune certs" in proc.stderr
+    assert time.monotonic() - t0 < 30
+
+
+def test_site_whose_key_is_not_enrolled_is_refused(fed):
+    proc = fed.cli(*fed.site_args("e"), timeout=90)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr
+    assert "not enrolled" in proc.stderr and "fedtune coordinator enroll" in proc.stderr
+    assert "--site e" in proc.stderr
+
+
+def test_enroll_is_idempotent(fed):
+    again = fed.cli("coordinator", "enroll", "--certs", str(fed.tmp / "certs/coordinator"), "--site", "a",
+                    "--coordinator", fed.coordinator)
+    assert again.returncode == 0 and "already enrolled" in again.stdout
+
+
+@pytest.fixture(scope="module")
+def run(fed):
+    for name in "abc":
+        fed.spawn(f"site-{name}", *fed.site_args(name))
+    fed.spawn("site-d", *fed.site_args("d", policy=fed.tmp / "d-policy.toml"))
+    for name in "abcd":
+        fed.wait_for(f"site-{name}", f"site {name} connected to coordinator", 90)
+    out = fed.tmp / "run"
+    t0 = time.monotonic()
+    proc = fed.cli("run", "--coordinator", fed.coordinator, "--ca", str(fed.tmp / "certs/site-a/ca.crt"),
+                   "--out", str(out), "--set", f"model.base={fed.tiny}", "--set", "federation.rounds=2",
+                   "--set", "federation.min-sites=4", "--set", f"task.labels={','.join(LABELS)}",
+                   "--set", "model.max-length=32", "--set", "train.threads=1",
+                   "--set", "train.learning-rate=0.003", "--set", "federation.evaluate-every=2",
+                   timeout=600)  # evaluate in the last round only: every message costs a process
+    wall = time.monotonic() - t0
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return out, proc, wall
+
+
+def test_run_directory_contract(run):
+    out, proc, wall = run
+    for name in ("config.toml", "metrics.jsonl", "summary.json", "adapter/adapter_config.json",
+                 "adapter/adapter_model.safetensors", "adapter/labels.json"):
+        assert (out / name).is_file(), name
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rows] == [1, 2]
+    for row in rows:
+        assert {"a", "b", "c"} <= set(row["per_site"]), row["per_site"].keys()
+        for site in "abc":
+            assert row["per_site"][site]["train"]["num-examples"] > 0
+    for site in "abc":
+        assert 0.0 <= rows[-1]["per_site"][site]["evaluate"]["accuracy"] <= 1.0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rounds"] == 2 and {"a", "b", "c"} <= set(summary["sites"])
+    assert "round   2/2" in proc.stdout and '"rounds": 2' in proc.stdout
+    print(f"federation run wall time {wall:.0f}s")
+
+
+def test_site_policy_refusal_reaches_the_coordinator(run, fed):
+    import client.app
+
+    if not hasattr(client.app, "POLICY_WIRED"):
+        pytest.skip("client/app.py does not call client.policy.enforce_policy yet (no POLICY_WIRED): "
+                    "site d trained instead of refusing")
+    out, proc, _ = run
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        assert set(row["per_site"]) == {"a", "b", "c"}
+        assert any("refuses this run" in f and "base-model-sha256" in f for f in row["failures"]), row
+    assert json.loads((out / "summary.json").read_text())["sites"] == ["a", "b", "c"]
+
+
+def test_every_process_is_reaped(run, fed):
+    left = fed.stop()
+    for name, proc in fed.procs.items():
+        assert proc.returncode is not None, name
+    assert "SIGTERM received" in fed.output("coordinator")
+    assert left == [], [Path(f"/proc/{p}/cmdline").read_bytes()[:200] for p in left]

@@ -1,0 +1,122 @@
+"""Privacy is correctness: real Opacus accounting, real files, a real DP step on a tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from client.dp_trainer import train_dp
+from client.privacy import PrivacyLedger, calibrate_noise, compute_epsilon
+from client.trainer import Schedule, encode
+from common.adapter import FFA_FROZEN, get_state
+from common.config import ModelConfig, TrainConfig
+from common.errors import PrivacyBudgetExceeded
+from common.model import build_model
+from tests.conftest import make_texts
+
+
+def _ledger(tmp_path, budget=5.0, accountant="rdp"):
+    return PrivacyLedger(tmp_path, dataset="ab" * 32, num_examples=1000, delta=1e-4,
+                         budget=budget, accountant=accountant)
+
+
+def _independent_epsilon(ledger_file, accountant="rdp"):
+    from opacus.accountants import PRVAccountant, RDPAccountant
+
+    data = json.loads(ledger_file.read_text())
+    acc = RDPAccountant() if accountant == "rdp" else PRVAccountant()
+    for e in data["entries"]:  # replay step by step, as Opacus' own optimizer hook would
+        for _ in range(e["steps"]):
+            acc.step(noise_multiplier=e["noise_multiplier"], sample_rate=e["sample_rate"])
+    return acc.get_epsilon(delta=data["delta"])
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_epsilon_accumulates_across_rounds_and_restarts(tmp_path, accountant):
+    led = _ledger(tmp_path, budget=50, accountant=accountant)
+    plan = led.plan("run-1", sample_rate=0.032, planned_steps=60, run_epsilon=4.0)
+    eps = []
+    for r in (1, 2):
+        led.check(noise_multiplier=plan.noise_multiplier, sample_rate=0.032, steps=30)
+        eps.append(led.record(run="run-1", server_round=r, noise_multiplier=plan.noise_multiplier,
+                              sample_rate=0.032, steps=30))
+    assert 0 < eps[0] < eps[1] <= 4.0 + 1e-3  # calibrated to the run's planned total
+    # a "restart": a new object (new process) reads the same file and keeps accumulating
+    again = _ledger(tmp_path, budget=50, accountant=accountant)
+    assert again.spent() == pytest.approx(eps[1])
+    plan2 = again.plan("run-2", sample_rate=0.032, planned_steps=30, run_epsilon=2.0)
+    eps3 = again.record(run="run-2", server_round=1, noise_multiplier=plan2.noise_multiplier,
+                        sample_rate=0.032, steps=30)
+    assert eps3 > eps[1]
+    assert eps3 == pytest.approx(_independent_epsilon(again.path, accountant), rel=1e-3)
+
+
+def test_round_over_budget_is_refused_and_ledger_stays_within(tmp_path):
+    led = _ledger(tmp_path, budget=1.0)
+    plan = led.plan("r", sample_rate=0.05, planned_steps=40, run_epsilon=1.0)
+    for r in (1, 2):
+        led.check(noise_multiplier=plan.noise_multiplier, sample_rate=0.05, steps=20)
+        led.record(run="r", server_round=r, noise_multiplier=plan.noise_multiplier,
+                   sample_rate=0.05, steps=20)
+    assert led.spent() <= 1.0 + 1e-6
+    with pytest.raises(PrivacyBudgetExceeded, match="over the site's budget"):
+        led.check(noise_multiplier=plan.noise_multiplier, sample_rate=0.05, steps=20)
+    with pytest.raises(PrivacyBudgetExceeded, match="exhausted"):
+        _ledger(tmp_path, budget=1.0).plan("next-run", sample_rate=0.05, planned_steps=20,
+                                           run_epsilon=1.0)
+    assert _independent_epsilon(led.path) <= 1.0 + 1e-6
+
+
+def test_calibration_hits_target_over_planned_steps():
+    sigma = calibrate_noise([], sample_rate=0.01, steps=500, target_epsilon=3.0, delta=1e-5,
+                            accountant="rdp")
+    eps = compute_epsilon([(sigma, 0.01, 500)], delta=1e-5, accountant="rdp")
+    assert 2.9 < eps <= 3.0
+    # more planned steps need more noise
+    assert calibrate_noise([], sample_rate=0.01, steps=2000, target_epsilon=3.0, delta=1e-5,
+                           accountant="rdp") > sigma
+
+
+@pytest.mark.parametrize("ffa", [False, True])
+def test_dp_step_changes_lora_and_leaves_base_bit_identical(tiny_model_dir, ffa):
+    """Guard against opacus#820-style silent corruption on the pinned opacus/peft pair."""
+    built = build_model(ModelConfig(base=str(tiny_model_dir), lora_r=4), num_labels=4, seed=0)
+    model = built.model
+    if ffa:
+        for n, p in model.named_parameters():
+            if "lora_A" in n:
+                p.requires_grad = False
+    base_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    lora_before = get_state(model)
+    texts, labels = make_texts(64, 4)
+    data = encode(built.tokenizer, texts, np.array([int(s[-1]) for s in labels]), max_length=32)
+    stats = train_dp(model, data, cfg=TrainConfig(learning_rate=1e-2), schedule=Schedule(0, 10, 0),
+                     rng=np.random.default_rng(0), steps=5, sample_rate=0.25, noise_multiplier=1.0,
+                     max_grad_norm=1.0)
+    assert stats["steps"] == 5
+    for n, p in model.named_parameters():
+        if n in base_before:
+            assert torch.equal(p, base_before[n]), f"base weight {n} changed"
+    after = get_state(model)
+    changed = {k for k in after if not torch.equal(after[k], lora_before[k])}
+    assert any("lora_B" in k for k in changed) and any("classifier" in k for k in changed)
+    if ffa:
+        assert not any(part in k for k in changed for part in FFA_FROZEN)
+    for k in changed:
+        delta = (after[k] - lora_before[k]).abs().max().item()
+        assert np.isfinite(delta) and 0 < delta < 1.0, (k, delta)
+    assert not any(hasattr(p, "grad_sample") and p.grad_sample is not None
+                   for p in model.parameters())  # hooks and buffers removed
+
+
+def test_empty_poisson_batches_are_handled(tiny_model_dir):
+    built = build_model(ModelConfig(base=str(tiny_model_dir), lora_r=2), num_labels=2, seed=0)
+    texts, _ = make_texts(4, 2)
+    data = encode(built.tokenizer, texts, np.array([0, 1, 0, 1]), max_length=16)
+    stats = train_dp(built.model, data, cfg=TrainConfig(), schedule=Schedule(0, 30, 0),
+                     rng=np.random.default_rng(1), steps=30, sample_rate=0.05,
+                     noise_multiplier=1.0, max_grad_norm=1.0)
+    assert stats["empty_batches"] > 0 and stats["steps"] == 30
