@@ -9,6 +9,7 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.attack import corrupt
 from client.guard import outbound_guard_mod
 from client.policy import PolicyViolation, enforce_policy, redact_metrics
 from client.site import get_site, site_facts
@@ -22,13 +23,15 @@ POLICY_WIRED = True
 TRAIN_METRICS = ("num-examples", "train_loss", "steps", "train_seconds", "epsilon", "delta",
                  "epsilon_budget", "noise_multiplier")
 EVAL_METRICS = ("num-examples", "accuracy", "macro_f1", "loss", "auc_roc", "mae", "rmse", "r2",
-                "eval_seconds")
+                "eval_seconds", "perplexity", "rouge_l", "recall_0", "recall_1", "pr_auc", "threshold")
+VAL_METRICS = ("loss", "accuracy", "macro_f1", "rmse", "mae")
 REFUSED = 451  # Error code of a round a site refused (privacy budget, site policy)
 
 
 def _metrics(values: dict, allowed: tuple[str, ...], policy) -> MetricRecord:
     values = dict(values)
     values["num-examples"] = int(values.pop("num_examples"))
+    allowed += tuple(f"val_{k}" for k in VAL_METRICS)
     return MetricRecord(redact_metrics(policy, {k: v for k, v in values.items() if k in allowed}))
 
 
@@ -48,6 +51,9 @@ def train(msg: Message, context: Context) -> Message:
                                     run=str(context.run_id))
     except (PolicyViolation, PrivacyBudgetExceeded) as err:
         return _refuse(msg, facts.name, err)
+    if cfg.simulation.attack and "partition-id" in context.node_config \
+            and facts.index == cfg.simulation.sites - 1:
+        new_state = corrupt(new_state, cfg.simulation.attack, seed=cfg.train.seed)
     content = RecordDict({
         "arrays": ArrayRecord(new_state),
         "metrics": _metrics(stats, TRAIN_METRICS, policy),
@@ -65,7 +71,11 @@ def evaluate(msg: Message, context: Context) -> Message:
         policy = enforce_policy(context.node_config, cfg, rows=len(site.splits["train"]))
     except PolicyViolation as err:
         return _refuse(msg, facts.name, err)
-    metrics = site.evaluate(msg.content["arrays"].to_torch_state_dict(), split="test")
+    state = msg.content["arrays"].to_torch_state_dict()
+    metrics = site.evaluate(state, split="test")
+    if cfg.federation.early_stopping_patience:  # the coordinator stops on validation, never test
+        val = site.evaluate(state, split="val")
+        metrics.update({f"val_{k}": v for k, v in val.items() if k in VAL_METRICS})
     content = RecordDict({
         "metrics": _metrics(metrics, EVAL_METRICS, policy),
         "site": ConfigRecord({"name": facts.name}),

@@ -12,11 +12,14 @@ from pathlib import Path
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord
 
+from common.compress import INT_DTYPES
+
 # Aggregate metrics a site may share; everything else is refused.
 ALLOWED_METRICS = frozenset({
     "num-examples", "train_loss", "steps", "train_seconds", "epsilon", "delta", "epsilon_budget",
     "noise_multiplier", "accuracy", "macro_f1", "loss", "auc_roc", "mae", "rmse", "r2",
-    "eval_seconds", "perplexity", "rouge_l", "mia_auc",
+    "eval_seconds", "perplexity", "rouge_l", "mia_auc", "recall_0", "recall_1", "pr_auc", "threshold",
+    "val_loss", "val_accuracy", "val_macro_f1", "val_rmse", "val_mae",
 })
 ALLOWED_CONFIG = {"site": frozenset({"name"})}
 LEAK = 452  # Error code: the guard stopped a reply
@@ -49,8 +52,11 @@ def violations(msg: Message) -> list[str]:
     for name, rec in msg.content.items():
         if isinstance(rec, ArrayRecord):
             for k, a in rec.items():
-                if not a.dtype.startswith("float"):
-                    bad.append(f"array {name}/{k} has dtype {a.dtype}, only float tensors may leave")
+                # float tensors, or the integer parts of a compressed update (common/compress.py)
+                ints = next((d for sfx, d in INT_DTYPES.items() if k.endswith(sfx)), ())
+                if not (a.dtype.startswith("float") or a.dtype in ints):
+                    bad.append(f"array {name}/{k} has dtype {a.dtype}, only float tensors (and "
+                               "int8 .q8 / int .idx compression parts) may leave")
         elif isinstance(rec, MetricRecord):
             for k, v in rec.items():
                 if k not in ALLOWED_METRICS:

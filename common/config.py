@@ -24,6 +24,7 @@ from common.errors import ConfigError
 TASKS = ("classification", "regression", "causal-lm")
 FINETUNE = ("lora", "full")
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad")
+OPTIMIZERS = ("adamw", "sgd")
 
 
 def _check(cond: bool, key: str, value: Any, fix: str) -> None:
@@ -37,9 +38,18 @@ class TaskConfig:
     # The federation's label space, fixed by the coordinator: comma-separated names, or
     # "@path/to/labels.txt" (one name per line). Every site maps labels to these ids.
     labels: str = ""
+    # causal-lm: data.text-column holds the prompt, data.label-column the response. The prompt is
+    # rendered with this template (must contain {prompt}); the response follows it directly and
+    # only response tokens carry loss.
+    prompt_template: str = "### Instruction:\n{prompt}\n### Response:\n"
+    generate_tokens: int = 16  # causal-lm: greedy tokens generated per test prompt for ROUGE-L; 0 = off
 
     def __post_init__(self) -> None:
         _check(self.type in TASKS, "task.type", self.type, f"use one of {', '.join(TASKS)}")
+        _check("{prompt}" in self.prompt_template, "task.prompt-template", self.prompt_template,
+               "include the placeholder {prompt}, e.g. \"Q: {prompt}\\nA: \"")
+        _check(self.generate_tokens >= 0, "task.generate-tokens", self.generate_tokens,
+               "use 0 (no generation) or a small count such as 16")
 
     def label_names(self, base_dir: Path | None = None) -> list[str]:
         """The label names in id order ([] when not set)."""
@@ -70,6 +80,9 @@ class ModelConfig:
     lora_dropout: float = 0.0
     target_modules: str = ""  # comma-separated module names; "" = sensible default for the architecture
     freeze_layers: int = 0  # freeze the first N encoder layers (no LoRA there, no gradient)
+    # Freeze modules by name: comma-separated dotted-name parts ("embeddings,encoder.layer.0") or
+    # fnmatch patterns ("*.attention.*"); no LoRA on them, no gradient under full fine-tuning.
+    freeze_modules: str = ""
     # lora | ffa (FFA-LoRA: A frozen at the shared seeded init, only B + head trained and sent —
     # exact aggregation, half the traffic, steadier under DP noise) | auto (ffa when privacy.dp)
     lora_variant: str = "auto"
@@ -98,8 +111,19 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     threads: int = 0  # torch threads per site process; 0 = automatic
     seed: int = 0
+    optimizer: str = "adamw"  # adamw | sgd (momentum 0.9)
+    class_weights: str = "none"  # none | balanced (from each site's own train counts)
+    loss: str = "ce"  # classification loss: ce | focal
+    focal_gamma: float = 2.0  # focal loss focusing parameter (0 = cross-entropy)
+    tune_threshold: bool = False  # binary: predict with the threshold tuned on the val split
 
     def __post_init__(self) -> None:
+        _check(self.optimizer in OPTIMIZERS, "train.optimizer", self.optimizer,
+               f"use one of {', '.join(OPTIMIZERS)}")
+        _check(self.class_weights in ("none", "balanced"), "train.class-weights", self.class_weights,
+               "use none or balanced")
+        _check(self.loss in ("ce", "focal"), "train.loss", self.loss, "use ce or focal")
+        _check(self.focal_gamma >= 0, "train.focal-gamma", self.focal_gamma, "use 0 or more (2 is usual)")
         _check(self.local_epochs > 0, "train.local-epochs", self.local_epochs, "use a value > 0")
         _check(self.batch_size >= 1, "train.batch-size", self.batch_size, "use 1 or more")
         _check(self.learning_rate > 0, "train.learning-rate", self.learning_rate, "use a value > 0")
@@ -121,6 +145,24 @@ class FederationConfig:
     fraction_train: float = 1.0
     round_timeout: float = 3600.0  # seconds to wait for the sites in one round
     evaluate_every: int = 1  # federated evaluation on every site's test split every N rounds
+    proximal_mu: float = 0.01  # fedprox: each site adds mu/2 * ||w - w_global||^2 to its loss
+    # fedadam / fedyogi / fedadagrad server optimiser. Flower's own eta (0.1 / 0.01 / 0.1) is sized
+    # for whole-model weights; LoRA deltas are small, so 0.01 is the default here.
+    server_lr: float = 0.01
+    server_beta1: float = 0.9  # fedadam / fedyogi first-moment decay
+    server_beta2: float = 0.99  # fedadam / fedyogi second-moment decay
+    server_tau: float = 0.001  # adaptivity: larger = closer to plain averaging of small deltas
+    round_retries: int = 2  # a round with fewer than min-sites valid replies is retried this often
+    # Robust aggregation: mean (FedAvg family) | median (FedMedian) | trimmed-mean | norm-clip
+    aggregation: str = "mean"
+    trim_fraction: float = 0.2  # trimmed-mean: fraction cut at each end
+    clip_norm: float = 1.0  # norm-clip: every site's update is clipped to this L2 norm
+    max_norm_factor: float = 10.0  # reject an update whose norm exceeds this x the others' median; 0 = off
+    max_examples: int = 10_000_000  # reject replies claiming more examples than this
+    # Early stopping on the weighted validation metric; 0 = off
+    early_stopping_patience: int = 0
+    early_stopping_min_delta: float = 0.0
+    early_stopping_metric: str = "loss"  # a validation metric: loss (lower is better), accuracy, macro_f1, rmse
 
     def __post_init__(self) -> None:
         _check(self.rounds >= 1, "federation.rounds", self.rounds, "use 1 or more rounds")
@@ -131,6 +173,27 @@ class FederationConfig:
                "use a fraction in (0, 1]")
         _check(self.evaluate_every >= 1, "federation.evaluate-every", self.evaluate_every,
                "use 1 or more")
+        _check(self.proximal_mu >= 0, "federation.proximal-mu", self.proximal_mu,
+               "use 0 or more (0.001-0.1 is typical)")
+        _check(self.server_lr > 0, "federation.server-lr", self.server_lr, "use a value > 0, e.g. 0.01")
+        for key, beta in (("server-beta1", self.server_beta1), ("server-beta2", self.server_beta2)):
+            _check(0 <= beta < 1, f"federation.{key}", beta, "use a value in [0, 1)")
+        _check(self.server_tau > 0, "federation.server-tau", self.server_tau, "use a value > 0, e.g. 0.001")
+        _check(self.round_retries >= 0, "federation.round-retries", self.round_retries, "use 0 or more")
+        _check(self.aggregation in ("mean", "median", "trimmed-mean", "norm-clip"),
+               "federation.aggregation", self.aggregation,
+               "use mean, median, trimmed-mean or norm-clip")
+        _check(0 <= self.trim_fraction < 0.5, "federation.trim-fraction", self.trim_fraction,
+               "use a fraction in [0, 0.5)")
+        _check(self.clip_norm > 0, "federation.clip-norm", self.clip_norm, "use a norm > 0")
+        _check(self.max_norm_factor >= 0, "federation.max-norm-factor", self.max_norm_factor,
+               "use 0 (off) or a factor such as 10")
+        _check(self.max_examples >= 1, "federation.max-examples", self.max_examples, "use 1 or more")
+        _check(self.early_stopping_patience >= 0, "federation.early-stopping-patience",
+               self.early_stopping_patience, "use 0 (off) or a number of rounds")
+        _check(self.early_stopping_metric in ("loss", "accuracy", "macro_f1", "rmse", "mae"),
+               "federation.early-stopping-metric", self.early_stopping_metric,
+               "use loss, accuracy, macro_f1, rmse or mae")
 
 
 @dataclass
@@ -166,6 +229,9 @@ class SimulationConfig:
     # Stand-in for each simulated site's own node config: lifetime epsilon caps, comma-separated
     # per site (e.g. "10,10,1"); "" = every site takes privacy.budget.
     site_budgets: str = ""
+    # A simulated attacker for robustness studies: the LAST site corrupts its update —
+    # "" (none) | scale:<factor> | noise:<std> | nan
+    attack: str = ""
 
     def __post_init__(self) -> None:
         _check(self.sites >= 1, "simulation.sites", self.sites, "use 1 or more sites")
@@ -184,6 +250,27 @@ class SimulationConfig:
 @dataclass
 class OutputConfig:
     run_dir: str = ""  # where the coordinator writes the run directory; "" = runs/<timestamp>
+    resume: bool = False  # continue the run in run-dir from its last checkpoint
+    keep_checkpoints: int = 3  # checkpoints/round-N kept (the newest)
+
+    def __post_init__(self) -> None:
+        _check(self.keep_checkpoints >= 1, "output.keep-checkpoints", self.keep_checkpoints,
+               "keep at least 1")
+
+
+@dataclass
+class CompressionConfig:
+    # What a site sends after training: none (float32 adapter) | fp16 | int8 (per-block scales,
+    # error feedback) | topk (largest entries of the update, error feedback). Lossy modes send
+    # the update (new - global); the coordinator decodes, checks and adds the global back.
+    mode: str = "none"
+    topk_fraction: float = 0.01  # topk: share of each tensor's entries sent per round
+
+    def __post_init__(self) -> None:
+        _check(self.mode in ("none", "fp16", "int8", "topk"), "compression.mode", self.mode,
+               "use none, fp16, int8 or topk")
+        _check(0 < self.topk_fraction <= 1, "compression.topk-fraction", self.topk_fraction,
+               "use a fraction in (0, 1], e.g. 0.01")
 
 
 @dataclass
@@ -196,6 +283,7 @@ class RunConfig:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    compression: CompressionConfig = field(default_factory=CompressionConfig)
 
     def __post_init__(self) -> None:
         if self.model.finetune == "full" and self.model.lora_variant == "ffa":
@@ -233,8 +321,10 @@ class RunConfig:
         return "\n".join(lines)
 
     def hash(self) -> str:
-        """Stable hash of the resolved config (the run directory and checkpoints carry it)."""
-        blob = json.dumps(self.to_flat(), sort_keys=True).encode()
+        """Stable hash of the resolved config (the run directory and checkpoints carry it).
+        Where the run is written and whether it is being resumed do not change the run."""
+        flat = {k: v for k, v in self.to_flat().items() if not k.startswith("output.")}
+        blob = json.dumps(flat, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 

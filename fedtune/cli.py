@@ -20,10 +20,14 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from common.config import resolve
-    from fedtune.simulate import simulate
+    from fedtune.simulate import resume_config, simulate
 
-    cfg = resolve(args.config, args.set)
-    out = Path(args.out or f"runs/sim-{time.strftime('%Y%m%d-%H%M%S')}")
+    if args.resume:
+        out = Path(args.resume).resolve()
+        cfg = resume_config(out, config_file=args.config, sets=args.set)
+    else:
+        cfg = resolve(args.config, args.set)
+        out = Path(args.out or f"runs/sim-{time.strftime('%Y%m%d-%H%M%S')}")
     summary = simulate(cfg, out=out, quiet=args.quiet)
     keys = [k for k in ("accuracy", "macro_f1", "rmse", "rounds", "wall_s") if k in summary]
     print(json.dumps({k: summary[k] for k in keys}))
@@ -55,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(sim)
     sim.add_argument("--out", help="run directory (default runs/sim-<timestamp>)")
     sim.add_argument("--quiet", action="store_true", help="print only the final summary")
+    sim.add_argument("--resume", metavar="RUN_DIR",
+                     help="continue a crashed or stopped run from its last checkpoint")
     sim.set_defaults(func=cmd_simulate)
     led = sub.add_parser("ledger", help="print a site's privacy ledger(s)")
     led.add_argument("--site-dir", required=True, help="the site directory holding ledger/")

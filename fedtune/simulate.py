@@ -62,11 +62,38 @@ def prepare_sites(cfg: RunConfig, out: Path) -> RunConfig:
         output=dataclasses.replace(cfg.output, run_dir=str(out)))
 
 
+def resume_config(run_dir: Path, *, config_file: str | None, sets: list[str]) -> RunConfig:
+    """The run's own resolved config (with output.resume on). A --config/--set that changes
+    anything is refused, naming the keys: a resumed run must be the same run."""
+    from common.config import from_flat, load_toml, parse_sets
+
+    saved_path = run_dir / "config.toml"
+    if not saved_path.is_file():
+        raise FedtuneError(f"{run_dir} is not a fedtune run directory (no config.toml): pass the "
+                           "directory a previous `fedtune simulate --out` wrote")
+    saved = from_flat(load_toml(saved_path), origin=str(saved_path))
+    wanted = saved
+    if config_file:
+        wanted = from_flat(load_toml(config_file), base=wanted, origin=str(config_file))
+    if sets:
+        wanted = from_flat(parse_sets(sets), base=wanted, origin="--set")
+    if wanted.hash() != saved.hash():
+        old, new = saved.to_flat(), wanted.to_flat()
+        changed = [f"{k}: {old[k]!r} -> {new[k]!r}" for k in new if new[k] != old[k]]
+        raise FedtuneError(f"cannot resume {run_dir} with a changed config ({'; '.join(changed)}): "
+                           "resume without --config/--set, or start a new run with --out")
+    return dataclasses.replace(saved, output=dataclasses.replace(saved.output, resume=True,
+                                                                  run_dir=str(run_dir)))
+
+
 def simulate(cfg: RunConfig, *, out: Path, quiet: bool = False) -> dict:
-    """Run the whole federation on this machine; returns summary.json's content."""
+    """Run the whole federation on this machine; returns summary.json's content.
+    With cfg.output.resume the sites and splits of the earlier run are reused as they are."""
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    cfg = prepare_sites(cfg, out)
+    flower.kill_by_marker(str(out / ".flwr"))  # leftovers of a crashed run in this directory
+    if not cfg.output.resume:
+        cfg = prepare_sites(cfg, out)
     sizes = [sum(1 for _ in open(Path(cfg.simulation.sites_dir) / f"site-{i}" / "data.csv",
                                  encoding="utf-8")) - 1 for i in range(cfg.simulation.sites)]
     _say(f"fedtune simulate: {cfg.simulation.sites} sites ({cfg.simulation.partition}) with "

@@ -59,6 +59,7 @@ class RunDir:
             "round_s": round(time.time() - log.started, 2),
             "sites_trained": sorted(log.train),
             "failures": log.failures,
+            "rejected": log.rejected,
             "train": _weighted(log.train),
             "evaluate": _weighted(log.evaluate) if log.evaluate else {},
             "per_site": {s: {"train": log.train.get(s, {}), "evaluate": log.evaluate.get(s, {}),
@@ -86,7 +87,11 @@ class RunDir:
         atomic_write(self.path / "metrics.csv", buf.getvalue())
 
     def write_summary(self, extra: dict) -> dict:
-        last_eval = next((r for r in reversed(self.history) if r["evaluate"]), None)
+        """summary.json: the metrics of the round whose adapter is the result (extra["final_round"],
+        e.g. early stopping's best; else the last evaluated round)."""
+        final = extra.get("final_round")
+        rows = [r for r in self.history if r["evaluate"] and (final is None or r["round"] <= final)]
+        last_eval = rows[-1] if rows else None
         summary = {
             "rounds": len(self.history),
             "sites": sorted({s for r in self.history for s in r["per_site"]}),
@@ -163,4 +168,6 @@ def format_round(row: dict, *, total_rounds: int) -> str:
         parts.append(f"[{sites}]")
     if row["failures"]:
         parts.append(f"FAILED: {'; '.join(row['failures'])}")
+    if row.get("rejected"):
+        parts.append("REJECTED: " + "; ".join(f"{s}: {r}" for s, r in row["rejected"].items()))
     return " | ".join(parts)

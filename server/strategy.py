@@ -30,14 +30,19 @@ def build_strategy(cfg: RunConfig, *, num_sites: int) -> Strategy:
     fed = cfg.federation
     common = dict(fraction_train=fed.fraction_train, fraction_evaluate=1.0,
                   min_train_nodes=fed.min_sites, min_evaluate_nodes=fed.min_sites,
-                  min_available_nodes=max(fed.min_sites, num_sites))
+                  min_available_nodes=fed.min_sites)
     if fed.strategy == "fedavg":
         strategy: Strategy = FedAvg(**common)
     elif fed.strategy == "fedprox":
-        strategy = FedProx(**common)
+        # aggregation is FedAvg's; each site adds mu/2 ||w - w_global||^2 to its local loss
+        # (client/site.py reads federation.proximal-mu; Flower also sends it as "proximal-mu")
+        strategy = FedProx(**common, proximal_mu=fed.proximal_mu)
+    elif fed.strategy == "fedadagrad":
+        strategy = FedAdagrad(**common, eta=fed.server_lr, tau=fed.server_tau)
     else:
-        strategy = {"fedadam": FedAdam, "fedyogi": FedYogi,
-                    "fedadagrad": FedAdagrad}[fed.strategy](**common)
+        strategy = {"fedadam": FedAdam, "fedyogi": FedYogi}[fed.strategy](
+            **common, eta=fed.server_lr, beta_1=fed.server_beta1, beta_2=fed.server_beta2,
+            tau=fed.server_tau)
     if cfg.privacy.server_noise > 0:
         # Site-level DP at the coordinator: each site's update is clipped to server-clip and
         # Gaussian noise (server-noise x clip) is added to the aggregate (Flower's wrapper).
@@ -69,7 +74,9 @@ class RoundLog:
     train: dict[str, dict[str, float]] = field(default_factory=dict)  # site -> metrics
     evaluate: dict[str, dict[str, float]] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    rejected: dict[str, str] = field(default_factory=dict)  # site -> why its update was left out
     upload_bytes: dict[str, int] = field(default_factory=dict)
+    incomplete: bool = False  # fewer than min-sites valid updates: the round is retried
 
 
 def _site_name(msg: Message) -> str:
@@ -106,12 +113,21 @@ def _common_metric_keys(replies: list[Message]) -> None:
 
 
 class Recorded(Strategy):
-    """Delegates to `inner`; records per-site replies into `self.rounds`."""
+    """Delegates to `inner`; records per-site replies into `self.rounds`, validates every training
+    reply before aggregation, and numbers rounds from `offset` + 1 (the coordinator calls
+    `start(num_rounds=1)` once per round so that it can checkpoint, retry and resume)."""
 
-    def __init__(self, inner: Strategy, *, evaluate_every: int = 1, num_rounds: int = 1):
+    def __init__(self, inner: Strategy, *, evaluate_every: int = 1, num_rounds: int = 1,
+                 min_sites: int = 1, max_norm_factor: float = 10.0,
+                 max_examples: int = 10_000_000):
         self.inner = inner
         self.evaluate_every = evaluate_every
         self.num_rounds = num_rounds
+        self.min_sites = min_sites
+        self.max_norm_factor = max_norm_factor
+        self.max_examples = max_examples
+        self.offset = 0
+        self.current: dict = {}
         self.rounds: dict[int, RoundLog] = {}
 
     def _log(self, server_round: int) -> RoundLog:
@@ -122,29 +138,52 @@ class Recorded(Strategy):
 
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        self._log(server_round)
+        server_round += self.offset
+        self.rounds[server_round] = RoundLog(round=server_round)  # a retried round starts afresh
+        self.current = {k: a.numpy() for k, a in arrays.items()}
         return self.inner.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
-        replies = list(replies)
+        from server.validate import check_reply, norm_outliers
+
+        server_round += self.offset
         log = self._log(server_round)
-        for msg in replies:
+        accepted, norms = [], {}
+        for msg in list(replies):
             name = _site_name(msg)
             if msg.has_error():
                 log.failures.append(_failure(name, msg.error.reason))
                 continue
+            verdict = check_reply(msg, self.current, max_examples=self.max_examples)
+            if not verdict.ok:
+                log.rejected[name] = verdict.reason
+                continue
+            norms[name] = verdict.norm
+            accepted.append((name, msg))
+        for name, reason in norm_outliers(norms, factor=self.max_norm_factor).items():
+            log.rejected[name] = reason
+        accepted = [(n, m) for n, m in accepted if n not in log.rejected]
+        for name, msg in accepted:
             log.train[name] = _metric_dict(msg)
             log.upload_bytes[name] = sum(a.count_bytes() for a in msg.content.array_records.values())
+        if len(accepted) < self.min_sites:
+            log.incomplete = True
+            return None, None
+        replies = [m for _, m in accepted]
         _common_metric_keys(replies)
         return self.inner.aggregate_train(server_round, replies)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
+        server_round += self.offset
+        if self._log(server_round).incomplete:
+            return []
         if server_round % self.evaluate_every and server_round != self.num_rounds:
             return []
         return self.inner.configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
+        server_round += self.offset
         replies = list(replies)
         log = self._log(server_round)
         for msg in replies:
@@ -152,6 +191,7 @@ class Recorded(Strategy):
                 log.failures.append(_failure(_site_name(msg), msg.error.reason, phase="evaluate"))
             else:
                 log.evaluate[_site_name(msg)] = _metric_dict(msg)
+        replies = [m for m in replies if not m.has_error()]
         if not replies:
             return None
         _common_metric_keys(replies)

@@ -1,0 +1,81 @@
+"""The coordinator's side of update compression: a Strategy wrapper that decodes compressed
+training replies back to full float32 arrays before the wrapped strategy sees them.
+
+A compressed reply carries the site's update; `Decompressing` remembers the global arrays it sent
+in configure_train and returns `global + decoded update`. Every payload is checked by
+common.compress.decode (keys, dtypes, shapes, finite values, index ranges); a bad one becomes an
+error reply naming the site and the key, which the wrapped strategy counts as a failure.
+Uncompressed replies pass through untouched, so wrapping is harmless with compression off."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from common.compress import decode, is_compressed
+from common.errors import ModelError
+
+REJECTED = 454  # Error code: a compressed update failed its checks at the coordinator
+
+
+def _site(msg: Message) -> str:
+    if msg.has_content() and "site" in msg.content:
+        return str(msg.content["site"]["name"])
+    return f"node-{msg.metadata.src_node_id}"
+
+
+class Decompressing(Strategy):
+    """Delegates to `inner`; decodes compressed train replies first.
+
+    `wire_bytes` maps each site of the latest round to the bytes its compressed reply carried
+    (ArrayRecord.count_bytes), for the run's traffic record."""
+
+    def __init__(self, inner: Strategy):
+        self.inner = inner
+        self.sent: dict[str, np.ndarray] = {}
+        self.wire_bytes: dict[str, int] = {}
+
+    def summary(self) -> None:
+        self.inner.summary()
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        self.sent = {k: a.numpy() for k, a in arrays.items()}
+        self.wire_bytes = {}
+        return self.inner.configure_train(server_round, arrays, config, grid)
+
+    def decompress(self, msg: Message) -> Message:
+        """The reply with its compressed arrays replaced by full ones (or an error reply)."""
+        if msg.has_error() or len(msg.content.array_records) != 1:
+            return msg
+        name, record = next(iter(msg.content.array_records.items()))
+        if not is_compressed(record.keys()):
+            return msg
+        site = _site(msg)
+        try:
+            update = decode({k: a.numpy() for k, a in record.items()},
+                            template_shapes={k: v.shape for k, v in self.sent.items()})
+        except ModelError as err:
+            return Message(error=Error(code=REJECTED, reason=f"{site}: compressed update "
+                                                             f"rejected at the coordinator: {err}"),
+                           metadata=msg.metadata)
+        self.wire_bytes[site] = record.count_bytes()
+        content = RecordDict(dict(msg.content.items()))
+        content[name] = ArrayRecord({
+            k: Array((self.sent[k].astype(np.float32) + d.numpy()).astype(np.float32))
+            for k, d in update.items()})
+        return Message(content=content, metadata=msg.metadata)
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]):
+        return self.inner.aggregate_train(server_round, [self.decompress(m) for m in replies])
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        return self.inner.configure_evaluate(server_round, arrays, config, grid)
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
+        return self.inner.aggregate_evaluate(server_round, replies)
