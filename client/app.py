@@ -10,6 +10,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from client.attack import corrupt
+from client.audit import loss_threshold_auc
 from client.guard import outbound_guard_mod
 from client.policy import PolicyViolation, enforce_policy, redact_metrics
 from client.site import get_site, site_facts
@@ -22,7 +23,7 @@ POLICY_WIRED = True
 # Keys a site may put in a reply's MetricRecord (client/guard.py enforces the full whitelist).
 TRAIN_METRICS = ("num-examples", "train_loss", "steps", "train_seconds", "epsilon", "delta",
                  "epsilon_budget", "noise_multiplier")
-EVAL_METRICS = ("num-examples", "accuracy", "macro_f1", "loss", "auc_roc", "mae", "rmse", "r2",
+EVAL_METRICS = ("num-examples", "mia_auc", "accuracy", "macro_f1", "loss", "auc_roc", "mae", "rmse", "r2",
                 "eval_seconds", "perplexity", "rouge_l", "recall_0", "recall_1", "pr_auc", "threshold")
 VAL_METRICS = ("loss", "accuracy", "macro_f1", "rmse", "mae")
 REFUSED = 451  # Error code of a round a site refused (privacy budget, site policy)
@@ -73,6 +74,13 @@ def evaluate(msg: Message, context: Context) -> Message:
         return _refuse(msg, facts.name, err)
     state = msg.content["arrays"].to_torch_state_dict()
     metrics = site.evaluate(state, split="test")
+    if int(msg.content["config"].get("server-round", 0)) == cfg.federation.rounds \
+            and cfg.task.type != "causal-lm" and len(site.splits["test"]):
+        # Membership-inference audit of the final global model on this site's own data: a
+        # loss-threshold attack, train vs test split. Only the AUC leaves the site.
+        metrics["mia_auc"] = loss_threshold_auc(site.model, site.splits["train"],
+                                                site.splits["test"], num_labels=site.num_labels,
+                                                pad_id=site.pad_id)
     if cfg.federation.early_stopping_patience:  # the coordinator stops on validation, never test
         val = site.evaluate(state, split="val")
         metrics.update({f"val_{k}": v for k, v in val.items() if k in VAL_METRICS})

@@ -28,6 +28,9 @@ def _write_atomic(path: Path, text: str) -> None:
 def prepare_sites(cfg: RunConfig, out: Path) -> RunConfig:
     """Partition the pooled file into `out/sites/site-<i>/data.csv`; fix the label space and every
     path so Flower's processes see absolute ones. Returns the resolved config."""
+    from common.model import resolve_base
+
+    resolve_base(cfg.model)  # a missing or broken model directory fails here, before any process
     data = Path(cfg.simulation.data)
     if not data.is_absolute() and not data.exists() and (REPO / data).exists():
         data = REPO / data
@@ -136,9 +139,16 @@ def simulate(cfg: RunConfig, *, out: Path, quiet: bool = False) -> dict:
         flower.kill_by_marker(str(flwr_home))
     summary_path = out / "summary.json"
     if not summary_path.is_file():
-        raise FedtuneError(f"the federation ended without a summary (exit {run.returncode}); "
-                           f"see {out / 'log.txt'} and {log}:\n{flower.tail(out / 'log.txt', 25)}")
+        raise FedtuneError(f"the federation ended without a summary: {_cause(out / 'log.txt')} "
+                           f"(full log: {out / 'log.txt'}; SuperLink log: {log})")
     return json.loads(summary_path.read_text(encoding="utf-8"))
+
+
+def _cause(log: Path) -> str:
+    """The last fedtune error a Flower process logged (ServerApp/ClientApp tracebacks end there)."""
+    lines = flower.tail(log, 400).splitlines()
+    hits = [ln.strip() for ln in lines if "Error: " in ln or "Exceeded: " in ln or "error: " in ln]
+    return hits[-1] if hits else "no error was logged"
 
 
 def _interesting(line: str) -> bool:
