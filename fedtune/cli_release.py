@@ -18,7 +18,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from common.errors import FedtuneError
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -141,18 +140,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=cmd_verify)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Standalone entry point (the same handlers as `fedtune <command>`)."""
-    parser = argparse.ArgumentParser(prog="fedtune", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except FedtuneError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+if __name__ == "__main__":  # `python -m` this module = the `fedtune` console script
+    from fedtune.cli import main
 
-
-if __name__ == "__main__":
     sys.exit(main())

@@ -8,11 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from common.config import ModelConfig, resolve
+from common.config import resolve
 from common.model import build_model
 from tests.conftest import make_texts
 

@@ -16,7 +16,6 @@ import json
 import sys
 from pathlib import Path
 
-from common.errors import FedtuneError
 
 
 def cmd_certs(args: argparse.Namespace) -> int:
@@ -56,7 +55,14 @@ def cmd_site_start(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from fedtune.ops.submit import resolve_run_config, submit
 
-    cfg = resolve_run_config(args.config, args.set, out=args.out)
+    if args.resume:
+        # The coordinator resumes from RUN_DIR's last checkpoint (it refuses a changed config or
+        # base model); the run directory must be readable here, as on the coordinator host.
+        from fedtune.simulate import resume_config
+
+        cfg = resume_config(Path(args.resume).resolve(), config_file=args.config, sets=args.set)
+    else:
+        cfg = resolve_run_config(args.config, args.set, out=args.out)
     summary = submit(cfg, coordinator=args.coordinator, ca=Path(args.ca) if args.ca else None,
                      insecure=args.insecure, quiet=args.quiet)
     keys = [k for k in ("accuracy", "macro_f1", "rmse", "rounds", "sites", "wall_s", "run_dir",
@@ -125,23 +131,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "in its state folder)")
     p.add_argument("--quiet", action="store_true", help="print only the final summary")
     p.add_argument("--insecure", action="store_true", help="for a coordinator started with --insecure")
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue a crashed run from its last checkpoint (same config, same base)")
     p.set_defaults(func=cmd_run)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fedtune", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except FedtuneError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+if __name__ == "__main__":  # `python -m` this module = the `fedtune` console script
+    from fedtune.cli import main
 
-
-if __name__ == "__main__":
     sys.exit(main())
