@@ -13,11 +13,13 @@ from client.attack import corrupt
 from client.audit import loss_threshold_auc
 from client.guard import outbound_guard_mod
 from client.policy import PolicyViolation, enforce_policy, redact_metrics
+from client.secagg import handle_legacy_evaluate, handle_legacy_train, is_legacy, secagg_mod
 from client.site import get_site, site_facts
 from common.config import from_run_config
 from common.errors import PrivacyBudgetExceeded
 
-app = ClientApp(mods=[outbound_guard_mod])
+# The guard is outermost: it inspects the reply that actually leaves (the SecAgg+-masked one).
+app = ClientApp(mods=[outbound_guard_mod, secagg_mod])
 POLICY_WIRED = True
 
 # Keys a site may put in a reply's MetricRecord (client/guard.py enforces the full whitelist).
@@ -45,6 +47,8 @@ def train(msg: Message, context: Context) -> Message:
     cfg = from_run_config(context.run_config)
     facts = site_facts(context.node_config, cfg)
     site = get_site(cfg, facts)
+    if cfg.privacy.secure_aggregation or is_legacy(msg):  # SecAgg+: client/secagg.py
+        return handle_legacy_train(msg, context, site, facts, cfg)
     try:
         policy = enforce_policy(context.node_config, cfg, rows=len(site.splits["train"]))
         state = msg.content["arrays"].to_torch_state_dict()
@@ -68,6 +72,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     cfg = from_run_config(context.run_config)
     facts = site_facts(context.node_config, cfg)
     site = get_site(cfg, facts)
+    if is_legacy(msg):  # SecAgg+ runs evaluate in the legacy format: client/secagg.py
+        return handle_legacy_evaluate(msg, context, site, facts, cfg)
     try:
         policy = enforce_policy(context.node_config, cfg, rows=len(site.splits["train"]))
     except PolicyViolation as err:

@@ -8,19 +8,22 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from client.trainer import Encoded, Schedule, collate, loss_fn, lr_factor, make_optimizer
+from client.trainer import Encoded, Loss, Schedule, collate, lr_factor, make_optimizer
 from common.config import TrainConfig
 
 
 def train_dp(model: torch.nn.Module, data: Encoded, *, cfg: TrainConfig, schedule: Schedule,
              rng: np.random.Generator, steps: int, sample_rate: float, noise_multiplier: float,
-             max_grad_norm: float, pad_id: int = 0, progress: bool = False) -> dict[str, float]:
+             max_grad_norm: float, pad_id: int = 0, progress: bool = False,
+             loss: Loss | None = None) -> dict[str, float]:
     """Run `steps` DP-SGD steps; returns mean loss and counts. The model's hooks are removed
-    afterwards, so the same model object serves the next (possibly non-DP) round."""
+    afterwards, so the same model object serves the next (possibly non-DP) round. `loss` is the
+    site's task loss (class weights, focal), the plain task loss when None."""
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
 
     model.train()
+    loss = loss or Loss()
     gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean")
     opt = DPOptimizer(make_optimizer(model, cfg), noise_multiplier=noise_multiplier,
                       max_grad_norm=max_grad_norm,
@@ -40,11 +43,11 @@ def train_dp(model: torch.nn.Module, data: Encoded, *, cfg: TrainConfig, schedul
                 empty += 1
                 continue
             ids, mask, y = collate(data, idx, pad_id=pad_id)
-            loss = loss_fn(gsm(input_ids=ids, attention_mask=mask).logits, y)
-            loss.backward()
+            step_loss = loss(gsm(input_ids=ids, attention_mask=mask).logits, y)
+            step_loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-            loss_sum += float(loss.detach()) * len(idx)
+            loss_sum += float(step_loss.detach()) * len(idx)
             seen += len(idx)
     finally:
         gsm._close()  # remove Opacus' hooks and per-sample grad buffers from the cached model

@@ -25,6 +25,109 @@ ALLOWED_CONFIG = {"site": frozenset({"name"})}
 LEAK = 452  # Error code: the guard stopped a reply
 
 
+# ---- SecAgg+ (privacy.secure-aggregation; client/secagg.py) ----------------------------------
+# Each SecAgg+ stage's reply as Flower's secaggplus_mod writes it (flwr 1.42): key -> value kind.
+SECAGG_RECORD = "secaggplus_configs"
+SECAGG_STAGES = {
+    "setup": {"pk1": "bytes", "pk2": "bytes"},  # the site's two public keys
+    "share_keys": {"dsts": "ints", "ctxts": "bytes_list"},  # encrypted key shares per neighbour
+    "collect_masked_vectors": {"masked_params": "bytes_list"},  # masked, quantized update
+    "unmask": {"nids": "ints", "shares": "bytes_list"},  # key shares that remove the masks
+}
+# The legacy frames around them (flwr.compat recorddict_compat), arrays cleared by the mod.
+LEGACY_FIT = frozenset({"fitres.parameters", "fitres.num_examples", "fitres.metrics",
+                        "fitres.status"})
+LEGACY_EVAL = frozenset({"evaluateres.loss", "evaluateres.num_examples", "evaluateres.metrics",
+                         "evaluateres.status"})
+QUANTIZATION_RANGE = 2**22  # entries of an UNmasked quantized vector all lie below this
+
+
+def is_legacy_reply(msg: Message) -> bool:
+    return any(n == SECAGG_RECORD or n.startswith(("fitres.", "evaluateres.")) for n in msg.content)
+
+
+def _kind_ok(value, kind: str) -> bool:
+    if kind == "bytes":
+        return isinstance(value, bytes)
+    inner = int if kind == "ints" else bytes
+    return isinstance(value, list) and all(type(v) is inner for v in value)
+
+
+def _masked(blobs: list[bytes]) -> list:
+    import numpy as np
+    from flwr.common import bytes_to_ndarray
+
+    return [np.asarray(bytes_to_ndarray(b)) for b in blobs]
+
+
+def describe_secagg(rec: ConfigRecord) -> dict:
+    """A SecAgg+ record without its secrets: stage, sizes, and for masked vectors the share of
+    entries at or above the quantization range (0 for an unmasked vector, ~1 for a masked one)."""
+    stage = next((s for s, shape in SECAGG_STAGES.items() if set(rec) == set(shape)), "unknown")
+    out: dict = {"kind": "secagg", "stage": stage, "values": {
+        k: ({"bytes": len(v)} if isinstance(v, bytes) else {"items": len(v)}
+            if isinstance(v, list) else repr(type(v))) for k, v in rec.items()}}
+    if stage == "collect_masked_vectors":
+        vecs = _masked(rec["masked_params"])
+        n = sum(v.size for v in vecs)
+        high = sum(int((v >= QUANTIZATION_RANGE).sum()) for v in vecs)
+        out["masked"] = {"dtypes": sorted({str(v.dtype) for v in vecs}), "entries": n,
+                         "share_at_or_above_quantization_range": high / max(1, n)}
+    return out
+
+
+def _frame_violations(content, prefix: str) -> list[str]:
+    """The legacy FitRes/EvaluateRes frame: status, example count, whitelisted metrics, site."""
+    bad = []
+    status, count = content[f"{prefix}.status"], content[f"{prefix}.num_examples"]
+    if set(status) != {"code", "message"} or len(str(status.get("message", ""))) > 100:
+        bad.append(f"{prefix}.status must hold only a code and a short message")
+    if set(count) != {"num_examples"} or type(count["num_examples"]) is not int:
+        bad.append(f"{prefix}.num_examples must hold only the integer num_examples")
+    if prefix == "evaluateres" and set(content["evaluateres.loss"]) != {"loss"}:
+        bad.append("evaluateres.loss must hold only loss")
+    for k, v in content[f"{prefix}.metrics"].items():
+        if k == "site" and isinstance(v, str) and len(v) <= 100:
+            continue
+        if k not in ALLOWED_METRICS:
+            bad.append(f"metric {k!r} is not on the site's whitelist")
+        elif type(v) not in (int, float):
+            bad.append(f"metric {k!r} must be a number, not {type(v).__name__}")
+    return bad
+
+
+def secagg_violations(msg: Message) -> list[str]:
+    """Legacy replies may leave only as SecAgg+ protocol records in their documented shape or as
+    a legacy EvaluateRes (metrics only); plaintext parameters never (the mod clears them)."""
+    content, names = msg.content, set(msg.content)
+    bad = [f"array record {n} carries {len(r)} arrays: under SecAgg+ no plaintext array may leave"
+           for n, r in content.array_records.items() if len(r)]
+    if SECAGG_RECORD in names:
+        rec = content[SECAGG_RECORD]
+        stage = next((s for s, shape in SECAGG_STAGES.items() if set(rec) == set(shape)), None)
+        if stage is None or not isinstance(rec, ConfigRecord):
+            return bad + [f"{SECAGG_RECORD} with keys {sorted(rec)} is no SecAgg+ stage reply"]
+        bad += [f"{SECAGG_RECORD}/{k} is not {kind}" for k, kind in SECAGG_STAGES[stage].items()
+                if not _kind_ok(rec[k], kind)]
+        collect = stage == "collect_masked_vectors"
+        expected = LEGACY_FIT | {SECAGG_RECORD} if collect else {SECAGG_RECORD}
+        if names != expected:
+            return bad + [(f"the SecAgg+ {stage} reply may carry only {sorted(expected)}, not "
+                           f"{sorted(names ^ expected)}")]
+        if collect:
+            try:
+                kinds = {v.dtype.kind for v in _masked(rec["masked_params"])} if not bad else set()
+            except ValueError:
+                kinds = {"undecodable"}
+            if kinds - set("iu"):
+                bad.append("masked_params must be integer (masked, quantized) vectors")
+            bad += _frame_violations(content, "fitres")
+        return bad
+    if names == LEGACY_EVAL:
+        return bad + _frame_violations(content, "evaluateres")
+    return bad + [f"legacy records {sorted(names)} may not leave without SecAgg+ masking"]
+
+
 def describe(msg: Message) -> dict:
     """What a reply carries, without array values."""
     out: dict = {"type": msg.metadata.message_type, "time": time.time(), "records": {}}
@@ -37,6 +140,8 @@ def describe(msg: Message) -> dict:
                 k: {"shape": list(a.shape), "dtype": a.dtype} for k, a in rec.items()}}
         elif isinstance(rec, MetricRecord):
             out["records"][name] = {"kind": "metrics", "values": dict(rec)}
+        elif isinstance(rec, ConfigRecord) and name == SECAGG_RECORD:
+            out["records"][name] = describe_secagg(rec)
         elif isinstance(rec, ConfigRecord):
             out["records"][name] = {"kind": "config", "values": dict(rec)}
         else:
@@ -48,6 +153,8 @@ def violations(msg: Message) -> list[str]:
     """Reasons this reply may not leave the site (empty = fine)."""
     if msg.has_error():
         return []
+    if is_legacy_reply(msg):
+        return secagg_violations(msg)
     bad = []
     for name, rec in msg.content.items():
         if isinstance(rec, ArrayRecord):
@@ -74,6 +181,10 @@ def violations(msg: Message) -> list[str]:
 def outbound_guard_mod(msg: Message, ctx: Context, call_next) -> Message:
     reply = call_next(msg, ctx)
     problems = violations(reply)
+    if ctx.run_config.get("privacy.secure-aggregation") is True and reply.has_content():
+        problems += [f"array record {n} would leave in plaintext, but privacy.secure-aggregation"
+                     " is on: only SecAgg+-masked updates may leave" for n, r in
+                     reply.content.array_records.items() if len(r)]
     audit_dir = os.environ.get("FEDTUNE_AUDIT_DIR")
     if audit_dir:
         entry = describe(reply)

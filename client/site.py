@@ -16,12 +16,23 @@ import numpy as np
 import torch
 
 from client.dp_trainer import train_dp
+from client.lm import encode_lm, evaluate_lm, prepare_lm_site
 from client.privacy import PrivacyLedger, default_delta
-from client.trainer import Encoded, Schedule, encode, evaluate, steps_per_round, train
+from client.trainer import (
+    Encoded,
+    Schedule,
+    encode,
+    evaluate,
+    make_loss,
+    predict,
+    steps_per_round,
+    train,
+)
 from common.adapter import FFA_FROZEN, get_state, set_state
 from common.config import RunConfig, from_flat
 from common.data import prepare_site
 from common.errors import ConfigError
+from common.metrics import softmax, tune_threshold
 from common.model import build_model
 
 
@@ -67,13 +78,21 @@ class Site:
     def __init__(self, cfg: RunConfig, facts: SiteFacts):
         t0 = time.perf_counter()
         self.cfg, self.facts = cfg, facts
+        self.task = cfg.task.type
         self.label_names = cfg.task.label_names()
-        self.num_labels = 1 if cfg.task.type == "regression" else len(self.label_names)
-        prepared = prepare_site(facts.data_path, cfg=cfg.data, seed=cfg.train.seed,
-                                label_names=self.label_names or None, task=cfg.task.type,
-                                site_dir=facts.site_dir)
+        self.num_labels = {"regression": 1, "causal-lm": 0}.get(self.task, len(self.label_names))
+        if cfg.privacy.dp and self.proximal_mu(cfg) > 0:
+            raise ConfigError("federation.strategy = \"fedprox\" with privacy.dp: the proximal term "
+                              "is not part of the DP-SGD per-example gradients; set "
+                              "federation.proximal-mu=0 or use fedavg")
+        if self.task == "causal-lm":
+            prepared = prepare_lm_site(facts.data_path, cfg=cfg, site_dir=facts.site_dir)
+        else:
+            prepared = prepare_site(facts.data_path, cfg=cfg.data, seed=cfg.train.seed,
+                                    label_names=self.label_names or None, task=self.task,
+                                    site_dir=facts.site_dir)
         self.report, self.fingerprint = prepared.report, prepared.fingerprint
-        built = build_model(cfg.model, num_labels=self.num_labels, seed=cfg.train.seed)
+        built = build_model(cfg.model, num_labels=self.num_labels, seed=cfg.train.seed, task=self.task)
         self.model, self.tokenizer = built.model, built.tokenizer
         self.exclude = FFA_FROZEN if cfg.ffa else ()
         if cfg.ffa:  # A stays at the init every party derives from the shared seed
@@ -84,9 +103,22 @@ class Site:
         self.splits: dict[str, Encoded] = {}
         for split in ("train", "val", "test"):
             frame = getattr(prepared, split)
-            self.splits[split] = encode(self.tokenizer, frame["text"].tolist(),
-                                        frame["label"].to_numpy(), max_length=cfg.model.max_length)
+            if self.task == "causal-lm":
+                self.splits[split] = encode_lm(self.tokenizer, frame["text"].tolist(),
+                                               frame["label"].tolist(),
+                                               template=cfg.task.prompt_template,
+                                               max_length=cfg.model.max_length)
+            else:
+                self.splits[split] = encode(self.tokenizer, frame["text"].tolist(),
+                                            frame["label"].to_numpy(), max_length=cfg.model.max_length)
+        # class weights come from this site's own train counts, never from other sites
+        self.loss = make_loss(cfg.train, train_labels=self.splits["train"].labels,
+                              num_labels=self.num_labels)
         self.setup_seconds = time.perf_counter() - t0
+
+    @staticmethod
+    def proximal_mu(cfg: RunConfig) -> float:
+        return cfg.federation.proximal_mu if cfg.federation.strategy == "fedprox" else 0.0
 
     def budget(self) -> float:
         """The dataset's lifetime epsilon cap. The site decides it (node config `privacy-budget`);
@@ -117,9 +149,11 @@ class Site:
         if self.cfg.privacy.dp:
             stats = self._fit_dp(train_split, sched, rng, per_round, server_round, run, progress)
         else:
+            # FedProx: `train` anchors the proximal term at the global state just loaded
             stats = train(self.model, train_split, cfg=self.cfg.train, schedule=sched, rng=rng,
                           pad_id=self.pad_id, progress=progress,
-                          desc=f"{self.facts.name} r{server_round}")
+                          desc=f"{self.facts.name} r{server_round}", loss=self.loss,
+                          proximal_mu=self.proximal_mu(self.cfg))
         stats["train_seconds"] = time.perf_counter() - t0
         return get_state(self.model, exclude=self.exclude), stats
 
@@ -133,7 +167,7 @@ class Site:
         stats = train_dp(self.model, data, cfg=self.cfg.train, schedule=sched, rng=rng,
                          steps=steps, sample_rate=q, noise_multiplier=plan.noise_multiplier,
                          max_grad_norm=self.cfg.privacy.max_grad_norm, pad_id=self.pad_id,
-                         progress=progress)
+                         progress=progress, loss=self.loss)
         eps = ledger.record(run=run, server_round=server_round,
                             noise_multiplier=plan.noise_multiplier, sample_rate=q, steps=steps)
         # weight by the expected batch total, not the random Poisson count
@@ -146,7 +180,20 @@ class Site:
         set_state(self.model, state, exclude=self.exclude)
         data = self.splits[split]
         t0 = time.perf_counter()
-        metrics = evaluate(self.model, data, num_labels=self.num_labels, pad_id=self.pad_id)
+        if self.task == "causal-lm":
+            metrics = evaluate_lm(self.model, data, tokenizer=self.tokenizer, pad_id=self.pad_id,
+                                  generate_tokens=self.cfg.task.generate_tokens)
+        elif self.num_labels == 2:
+            # binary: the threshold that maximises class-1 F1 on this site's val split, always
+            # reported; predictions use it only with train.tune-threshold
+            val = self.splits["val"]
+            threshold = tune_threshold(softmax(predict(self.model, val, pad_id=self.pad_id))[:, 1],
+                                       val.labels) if len(val) else 0.5
+            metrics = evaluate(self.model, data, num_labels=2, pad_id=self.pad_id,
+                               threshold=threshold if self.cfg.train.tune_threshold else None)
+            metrics["threshold"] = threshold
+        else:
+            metrics = evaluate(self.model, data, num_labels=self.num_labels, pad_id=self.pad_id)
         metrics["eval_seconds"] = time.perf_counter() - t0
         metrics["num_examples"] = len(data)
         return metrics

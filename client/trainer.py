@@ -1,5 +1,7 @@
 """Plain PyTorch training and evaluation, no Flower: tokenise once, batch by similar length, pad
-to the longest in each batch, AdamW with warm-up and a schedule that spans the whole federation."""
+to the longest in each batch, AdamW (or SGD) with warm-up and a schedule that spans the whole
+federation. One loop serves every task (classification, regression, causal LM), the federated
+site, the DP trainer's loss and the one-site FineTuner."""
 
 from __future__ import annotations
 
@@ -11,7 +13,13 @@ import torch
 from tqdm.auto import tqdm
 
 from common.config import TrainConfig
-from common.metrics import classification_metrics, regression_metrics
+from common.metrics import (
+    balanced_class_weights,
+    classification_metrics,
+    regression_metrics,
+)
+
+IGNORE = -100  # label of tokens that carry no loss (prompt and padding of a causal LM)
 
 
 @dataclass
@@ -20,6 +28,9 @@ class Encoded:
 
     ids: list[list[int]]
     labels: np.ndarray
+    # causal LM only: tokens of each row's prompt; labels are then built per token (-100 on the
+    # prompt and padding) and `labels` is unused.
+    prompt_lens: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -56,6 +67,8 @@ def batches(data: Encoded, *, batch_size: int, shuffle: bool, rng: np.random.Gen
 
 def collate(data: Encoded, idx: np.ndarray, *, pad_id: int = 0):
     """(input_ids, attention_mask, labels) for rows `idx`, padded to the longest of them."""
+    if data.prompt_lens is not None:
+        return _collate_lm(data, idx, pad_id=pad_id)
     label_dtype = torch.float32 if data.labels.dtype.kind == "f" else torch.long
     width = max(len(data.ids[i]) for i in idx)
     ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
@@ -65,6 +78,20 @@ def collate(data: Encoded, idx: np.ndarray, *, pad_id: int = 0):
         ids[row, :len(seq)] = torch.as_tensor(seq)
         mask[row, :len(seq)] = 1
     return ids, mask, torch.as_tensor(data.labels[idx], dtype=label_dtype)
+
+
+def _collate_lm(data: Encoded, idx: np.ndarray, *, pad_id: int):
+    width = max(len(data.ids[i]) for i in idx)
+    ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(idx), width), dtype=torch.long)
+    labels = torch.full((len(idx), width), IGNORE, dtype=torch.long)
+    for row, i in enumerate(idx):
+        seq = torch.as_tensor(data.ids[i])
+        ids[row, :len(seq)] = seq
+        mask[row, :len(seq)] = 1
+        start = int(data.prompt_lens[i])
+        labels[row, start:len(seq)] = seq[start:]
+    return ids, mask, labels
 
 
 def lr_factor(step: int, *, total: int, warmup: int, schedule: str) -> float:
@@ -93,6 +120,7 @@ def steps_per_round(n_train: int, cfg: TrainConfig) -> int:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW (or SGD with momentum) over the trainable parameters; the new head at its own rate."""
     head, rest = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
@@ -102,24 +130,72 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
         groups.append({"params": head, "lr": cfg.head_learning_rate or cfg.learning_rate})
     for g in groups:
         g["base_lr"] = g["lr"]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, momentum=0.9, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
 
 
 def loss_fn(logits: torch.Tensor, labels: torch.Tensor,
-            class_weights: torch.Tensor | None = None) -> torch.Tensor:
+            class_weights: torch.Tensor | None = None, *, focal_gamma: float | None = None) -> torch.Tensor:
+    """MSE for float targets, next-token cross-entropy on labelled tokens for a causal LM (labels
+    of shape batch x tokens), else (weighted) cross-entropy or, with `focal_gamma`, focal loss."""
+    F = torch.nn.functional
     if labels.dtype == torch.float32:
-        return torch.nn.functional.mse_loss(logits.squeeze(-1), labels)
-    return torch.nn.functional.cross_entropy(logits, labels, weight=class_weights)
+        return F.mse_loss(logits.squeeze(-1), labels)
+    if labels.dim() == 2:  # causal LM: token t predicts token t+1
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                               ignore_index=IGNORE)
+    if focal_gamma is None:
+        return F.cross_entropy(logits, labels, weight=class_weights)
+    logp = F.log_softmax(logits.float(), dim=-1).gather(1, labels[:, None]).squeeze(1)
+    focal = -((1 - logp.exp()) ** focal_gamma) * logp
+    if class_weights is None:
+        return focal.mean()
+    w = class_weights[labels]
+    return (w * focal).sum() / w.sum()
+
+
+@dataclass(frozen=True)
+class Loss:
+    """The task loss a site trains with (train.loss, train.class-weights), as one callable."""
+
+    class_weights: torch.Tensor | None = None
+    focal_gamma: float | None = None
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return loss_fn(logits, labels, self.class_weights, focal_gamma=self.focal_gamma)
+
+
+def make_loss(cfg: TrainConfig, *, train_labels: np.ndarray | None = None, num_labels: int = 0) -> Loss:
+    """train.loss / train.class-weights for a classification task; class weights come from THIS
+    site's own train counts (`train_labels`). Other tasks get their plain loss."""
+    if num_labels < 2:
+        return Loss()
+    weights = None
+    if cfg.class_weights == "balanced" and train_labels is not None:
+        weights = torch.as_tensor(balanced_class_weights(train_labels, num_labels=num_labels),
+                                  dtype=torch.float32)
+    return Loss(class_weights=weights, focal_gamma=cfg.focal_gamma if cfg.loss == "focal" else None)
+
+
+def proximal_term(anchor: list[tuple[torch.Tensor, torch.Tensor]], mu: float) -> torch.Tensor:
+    """FedProx: mu/2 * ||w - w_global||^2 over the trainable parameters."""
+    return 0.5 * mu * sum(((p - g) ** 2).sum() for p, g in anchor)
 
 
 def train(model: torch.nn.Module, data: Encoded, *, cfg: TrainConfig, schedule: Schedule,
           rng: np.random.Generator, pad_id: int = 0, progress: bool = False,
-          desc: str = "train") -> dict[str, float]:
-    """Run this round's local steps; returns mean loss and counts."""
+          desc: str = "train", loss: Loss | None = None, proximal_mu: float = 0.0,
+          steps: int | None = None) -> dict[str, float]:
+    """Run this round's local steps (`steps`, default train.local-epochs worth); returns the mean
+    task loss and counts. With `proximal_mu` > 0 (FedProx) the loss also pulls the trainable
+    parameters towards their values at the start of the call — the received global state."""
     model.train()
+    loss = loss or Loss()
     opt = make_optimizer(model, cfg)
     params = [p for g in opt.param_groups for p in g["params"]]
-    steps = steps_per_round(len(data), cfg)
+    anchor = [(p, p.detach().clone()) for p in params] if proximal_mu > 0 else []
+    steps = steps or steps_per_round(len(data), cfg)
     done, seen, loss_sum = 0, 0, 0.0
     bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False)
     while done < steps:
@@ -129,13 +205,14 @@ def train(model: torch.nn.Module, data: Encoded, *, cfg: TrainConfig, schedule: 
                                warmup=schedule.warmup_steps, schedule=cfg.schedule)
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * factor
-            loss = loss_fn(model(input_ids=ids, attention_mask=mask).logits, y)
-            loss.backward()
+            task_loss = loss(model(input_ids=ids, attention_mask=mask).logits, y)
+            total = task_loss + proximal_term(anchor, proximal_mu) if anchor else task_loss
+            total.backward()
             if cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()
             opt.zero_grad(set_to_none=True)
-            loss_sum += float(loss.detach()) * len(y)
+            loss_sum += float(task_loss.detach()) * len(y)
             seen += len(y)
             done += 1
             bar.update(1)
@@ -160,10 +237,11 @@ def predict(model: torch.nn.Module, data: Encoded, *, batch_size: int = 128,
     return out if out is not None else np.zeros((0, 1), dtype=np.float32)
 
 
-def evaluate(model: torch.nn.Module, data: Encoded, *, num_labels: int,
-             pad_id: int = 0) -> dict[str, float]:
-    """Task metrics of the model on `data` (classification when num_labels > 1)."""
-    logits = predict(model, data, pad_id=pad_id)
+def evaluate(model: torch.nn.Module, data: Encoded, *, num_labels: int, pad_id: int = 0,
+             threshold: float | None = None, logits: np.ndarray | None = None) -> dict[str, float]:
+    """Task metrics of the model on `data` (classification when num_labels > 1; `threshold` is
+    the binary decision threshold, None = argmax). Pass `logits` to reuse a prediction."""
+    logits = predict(model, data, pad_id=pad_id) if logits is None else logits
     if num_labels == 1:
         return regression_metrics(logits[:, 0] if len(logits) else logits, data.labels)
-    return classification_metrics(logits, data.labels, num_labels=num_labels)
+    return classification_metrics(logits, data.labels, num_labels=num_labels, threshold=threshold)

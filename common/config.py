@@ -207,6 +207,16 @@ class PrivacyConfig:
     server_noise: float = 0.0  # server-side (site-level) DP: noise multiplier; 0 = off
     server_clip: float = 1.0  # server-side DP: clipping norm of each site's update
     secure_aggregation: bool = False  # SecAgg+: the coordinator only learns the sum of updates
+    # SecAgg+ (server/secagg.py, docs/secure_aggregation.md). Shares: how many sites hold a share
+    # of each site's secrets; 0 = every selected site. Threshold: shares needed to unmask; 0 = 2/3
+    # of the shares. Up to shares - threshold neighbours of a site may drop out mid-round.
+    secagg_shares: int = 0
+    secagg_threshold: int = 0
+    # Flower's clipping_range: each site quantizes (num-examples / secagg-max-weight) x parameter
+    # within [-clip, clip]; the aggregate's error per entry is at most
+    # 2 x sites x clip x max-weight / (2**22 x total num-examples).
+    secagg_clip: float = 1.0
+    secagg_max_weight: float = 100000.0  # the largest num-examples any site may report
 
     def __post_init__(self) -> None:
         _check(self.epsilon > 0, "privacy.epsilon", self.epsilon, "use a positive epsilon, e.g. 8")
@@ -217,6 +227,20 @@ class PrivacyConfig:
                "use rdp or prv")
         _check(self.server_noise >= 0, "privacy.server-noise", self.server_noise, "use 0 or more")
         _check(self.server_clip > 0, "privacy.server-clip", self.server_clip, "use a norm > 0")
+        _check(self.secagg_shares == 0 or self.secagg_shares >= 3, "privacy.secagg-shares",
+               self.secagg_shares, "use 0 (every selected site) or 3 or more")
+        _check(self.secagg_threshold == 0 or self.secagg_threshold >= 2, "privacy.secagg-threshold",
+               self.secagg_threshold, "use 0 (2/3 of the shares) or 2 or more")
+        if self.secagg_shares and self.secagg_threshold:
+            # threshold > shares/2: a coordinator that claims a site both dropped and alive can
+            # never collect enough of both kinds of its shares to unmask it
+            _check(self.secagg_shares / 2 < self.secagg_threshold < self.secagg_shares,
+                   "privacy.secagg-threshold", self.secagg_threshold,
+                   f"use more than half of privacy.secagg-shares ({self.secagg_shares}) and fewer "
+                   "than all of them, e.g. 2 of 3 or 3 of 5")
+        _check(self.secagg_clip > 0, "privacy.secagg-clip", self.secagg_clip, "use a range > 0, e.g. 1")
+        _check(self.secagg_max_weight >= 1, "privacy.secagg-max-weight", self.secagg_max_weight,
+               "use at least the largest num-examples a site reports, e.g. 100000")
 
 
 @dataclass

@@ -3,7 +3,9 @@ freezing. Nothing here downloads anything: every path is a local directory."""
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
+import logging
 import os
 import re
 import warnings
@@ -28,6 +30,15 @@ DEFAULT_TARGETS = {
     "gpt2": ["c_attn", "c_proj"],
 }
 HEAD_NAMES = ("classifier", "score")  # trained and sent in full (modules_to_save)
+log = logging.getLogger("fedtune")
+
+
+def _linear_types() -> tuple[type, ...]:
+    from transformers.pytorch_utils import (
+        Conv1D,  # GPT-2's linear layers (weights transposed)
+    )
+
+    return (torch.nn.Linear, Conv1D)
 
 
 def quiet_transformers() -> None:
@@ -83,6 +94,7 @@ class BuiltModel:
     tokenizer: object
     base: str
     targets: list[str]
+    task: str = "classification"  # classification (num_labels 1 = regression) | causal-lm
 
 
 def load_tokenizer(base: str):
@@ -110,47 +122,101 @@ def _layer_index(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def build_model(cfg: ModelConfig, *, num_labels: int, seed: int = 0) -> BuiltModel:
-    """Base model + head + LoRA/full, with the first `freeze_layers` encoder layers frozen.
+def freeze_patterns(cfg: ModelConfig) -> list[str]:
+    return [p.strip() for p in cfg.freeze_modules.split(",") if p.strip()]
 
+
+def matches_pattern(name: str, pattern: str) -> bool:
+    """fnmatch for patterns with * ? [ ]; otherwise whole dotted parts: "encoder.layer.1" matches
+    "bert.encoder.layer.1.attention..." but not "bert.encoder.layer.11...". """
+    if any(c in pattern for c in "*?["):
+        return fnmatch.fnmatchcase(name, pattern)
+    return f".{pattern}." in f".{name}."
+
+
+class _Frozen:
+    """Which module/parameter names model.freeze-layers and model.freeze-modules freeze."""
+
+    def __init__(self, cfg: ModelConfig, names: list[str]):
+        self.layers = set(range(cfg.freeze_layers))
+        self.patterns = freeze_patterns(cfg)
+        for pat in self.patterns:  # a typo would silently freeze nothing
+            if not any(matches_pattern(n, pat) for n in names):
+                parts = sorted({".".join(n.split(".")[:3]) for n in names if n})[:6]
+                raise ModelError(f"model.freeze-modules pattern {pat!r} matches no module: name "
+                                 f"dotted parts that exist, e.g. {', '.join(parts)}")
+
+    def __call__(self, name: str) -> bool:
+        return _layer_index(name) in self.layers or any(matches_pattern(name, p) for p in self.patterns)
+
+
+def _load(base: str, task: str, num_labels: int):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    try:
+        if task == "causal-lm":
+            return AutoModelForCausalLM.from_pretrained(base)
+        return AutoModelForSequenceClassification.from_pretrained(base, num_labels=num_labels)
+    except (OSError, ValueError, RuntimeError) as err:
+        raise ModelError(f"cannot load model weights from {base}: {err}. Check the directory is "
+                         "complete (model.safetensors) and not corrupt") from err
+
+
+def build_model(cfg: ModelConfig, *, num_labels: int, seed: int = 0,
+                task: str | None = None) -> BuiltModel:
+    """Base model + head + LoRA/full, with frozen layers/modules (model.freeze-layers/-modules).
+
+    `task` picks the head: a causal LM (no new head, LoRA task CAUSAL_LM) for "causal-lm", else a
+    sequence classifier with `num_labels` outputs (1 = regression). When `task` is None,
+    num_labels=0 means causal-lm (a run with task.type=causal-lm has no label space).
     `seed` fixes the head's and LoRA's initialisation: every site and the coordinator build the
     same starting point (the coordinator's initial arrays overwrite it anyway).
     """
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig
 
     quiet_transformers()
+    task = task or ("causal-lm" if num_labels == 0 else "classification")
     base = resolve_base(cfg)
     try:
         hf_cfg = AutoConfig.from_pretrained(base)
     except (OSError, ValueError) as err:
         raise ModelError(f"cannot read the model config in {base}: {err}") from err
     torch.manual_seed(seed)
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=num_labels)
-    except (OSError, ValueError, RuntimeError) as err:
-        raise ModelError(f"cannot load model weights from {base}: {err}. Check the directory is "
-                         "complete (model.safetensors) and not corrupt") from err
+    model = _load(base, task, num_labels)
+    tokenizer = load_tokenizer(base)
+    if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
+        tokenizer.pad_token = tokenizer.eos_token  # decoder-only models often ship no pad token
     if getattr(model.config, "pad_token_id", None) is None:
-        model.config.pad_token_id = 0
+        model.config.pad_token_id = tokenizer.pad_token_id or 0
     targets = lora_targets(cfg, hf_cfg.model_type)
-    frozen = set(range(cfg.freeze_layers))
+    frozen = _Frozen(cfg, [n for n, _ in model.named_modules()])
+    heads = [] if task == "causal-lm" else _heads(model)
+    if any(frozen(h) for h in heads):
+        raise ModelError(f"model.freeze-modules freezes the new head {heads}: it starts random, so "
+                         "it must train; remove the pattern that matches it")
     if cfg.finetune == "lora":
         from peft import LoraConfig, get_peft_model
 
-        names = [n for n, mod in model.named_modules() if isinstance(mod, torch.nn.Linear)
-                 and n.split(".")[-1] in targets and _layer_index(n) not in frozen
-                 and not n.startswith(HEAD_NAMES)]
-        if not names:
+        mods = [(n, m) for n, m in model.named_modules() if isinstance(m, _linear_types())
+                and n.split(".")[-1] in targets and not frozen(n)
+                and not n.startswith(HEAD_NAMES) and n != "lm_head"]
+        if not mods:
             raise ModelError(f"no linear module of {base} matches model.target-modules "
-                             f"{targets}: name modules that exist, e.g. {_some_linear(model)}")
+                             f"{targets} outside the frozen ones: name modules that exist, e.g. "
+                             f"{_some_linear(model)}")
         lcfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                          target_modules=names, modules_to_save=_heads(model), task_type="SEQ_CLS")
+                          target_modules=[n for n, _ in mods], modules_to_save=heads or None,
+                          fan_in_fan_out=any(not isinstance(m, torch.nn.Linear) for _, m in mods),
+                          task_type="CAUSAL_LM" if task == "causal-lm" else "SEQ_CLS")
         model = get_peft_model(model, lcfg)
     else:
         for name, p in model.named_parameters():
-            idx = _layer_index(name)
-            p.requires_grad = not (idx in frozen or (frozen and "embeddings" in name))
-    return BuiltModel(model=model, tokenizer=load_tokenizer(base), base=base, targets=targets)
+            p.requires_grad = not (frozen(name) or (frozen.layers and "embeddings" in name))
+        trainable = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+        log.warning("fedtune: WARNING full fine-tuning: %.1f MB of weights (every unfrozen "
+                    "parameter) travel from every site to the coordinator and back EVERY round; "
+                    "LoRA sends ~100-300x less", trainable / 2**20)
+    return BuiltModel(model=model, tokenizer=tokenizer, base=base, targets=targets, task=task)
 
 
 def _heads(model: torch.nn.Module) -> list[str]:

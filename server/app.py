@@ -17,6 +17,7 @@ from common.model import build_model, count_trainable, model_fingerprint
 from server import checkpoint
 from server.robust import build_aggregator
 from server.rundir import RunDir, format_round
+from server.secagg import run_secagg
 from server.stopping import EarlyStopping
 from server.strategy import Recorded, server_dp_epsilon
 
@@ -58,6 +59,9 @@ def run(grid: Grid, cfg: RunConfig) -> dict:
     exclude = FFA_FROZEN if cfg.ffa else ()  # FFA-LoRA: A never travels
     initial = get_state(model, exclude=exclude)
     _announce(cfg, built, initial, num_labels)
+    if cfg.privacy.secure_aggregation:  # SecAgg+: the coordinator sees only the sum
+        return run_secagg(grid, None, cfg, run_dir=run_dir, model=model, initial=initial,
+                          exclude=exclude, labels=labels, base_sha=base_sha)
     fed = cfg.federation
     num_sites = max(fed.min_sites, cfg.simulation.sites)
     strategy = Recorded(build_aggregator(cfg, num_sites=num_sites),

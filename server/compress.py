@@ -28,6 +28,28 @@ def _site(msg: Message) -> str:
     return f"node-{msg.metadata.src_node_id}"
 
 
+def decompress_reply(msg: Message, sent: dict[str, np.ndarray]) -> tuple[Message, int | None]:
+    """(reply with full float32 arrays = sent + decoded update, bytes its compressed arrays took);
+    an uncompressed reply comes back unchanged with None; a bad payload comes back as an error
+    reply (same metadata) that names the site and the key."""
+    if msg.has_error() or len(msg.content.array_records) != 1:
+        return msg, None
+    name, record = next(iter(msg.content.array_records.items()))
+    if not is_compressed(record.keys()):
+        return msg, None
+    try:
+        update = decode({k: a.numpy() for k, a in record.items()},
+                        template_shapes={k: v.shape for k, v in sent.items()})
+    except ModelError as err:
+        reason = f"{_site(msg)}: compressed update rejected at the coordinator: {err}"
+        return Message(error=Error(code=REJECTED, reason=reason), metadata=msg.metadata), None
+    content = RecordDict(dict(msg.content.items()))
+    content[name] = ArrayRecord({
+        k: Array((sent[k].astype(np.float32) + d.numpy()).astype(np.float32))
+        for k, d in update.items()})
+    return Message(content=content, metadata=msg.metadata), record.count_bytes()
+
+
 class Decompressing(Strategy):
     """Delegates to `inner`; decodes compressed train replies first.
 
@@ -50,25 +72,10 @@ class Decompressing(Strategy):
 
     def decompress(self, msg: Message) -> Message:
         """The reply with its compressed arrays replaced by full ones (or an error reply)."""
-        if msg.has_error() or len(msg.content.array_records) != 1:
-            return msg
-        name, record = next(iter(msg.content.array_records.items()))
-        if not is_compressed(record.keys()):
-            return msg
-        site = _site(msg)
-        try:
-            update = decode({k: a.numpy() for k, a in record.items()},
-                            template_shapes={k: v.shape for k, v in self.sent.items()})
-        except ModelError as err:
-            return Message(error=Error(code=REJECTED, reason=f"{site}: compressed update "
-                                                             f"rejected at the coordinator: {err}"),
-                           metadata=msg.metadata)
-        self.wire_bytes[site] = record.count_bytes()
-        content = RecordDict(dict(msg.content.items()))
-        content[name] = ArrayRecord({
-            k: Array((self.sent[k].astype(np.float32) + d.numpy()).astype(np.float32))
-            for k, d in update.items()})
-        return Message(content=content, metadata=msg.metadata)
+        out, nbytes = decompress_reply(msg, self.sent)
+        if nbytes is not None:
+            self.wire_bytes[_site(msg)] = nbytes
+        return out
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
         return self.inner.aggregate_train(server_round, [self.decompress(m) for m in replies])

@@ -1,0 +1,176 @@
+"""fedtune's benchmark suite — one command:
+
+    python bench/run_all.py            # the full suite (real MiniLM, real data; tens of minutes on 2 cores)
+    python bench/run_all.py --quick    # tiny model + tiny data versions of every section (< 2 min)
+
+Sections: traffic, throughput, overhead, accuracy, scale (see bench/README.md). Each writes
+`<out>/<section>.json`; `<out>/RESULTS.md` gets the machine, the targets table and every
+section's table. Notes written by hand below the `<!-- findings -->` line of RESULTS.md are kept
+when it is regenerated. `--out` defaults to bench/results (bench/results/quick with --quick).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from bench import (bench_accuracy, bench_overhead, bench_scale,  # noqa: E402
+                   bench_throughput, bench_traffic)
+from bench.harness import Harness, machine  # noqa: E402
+from common.data.load import atomic_write_bytes, atomic_write_json  # noqa: E402
+
+# accuracy runs first: traffic and overhead reuse its federated runs and baselines
+SECTIONS = {"throughput": bench_throughput, "accuracy": bench_accuracy, "traffic": bench_traffic,
+            "overhead": bench_overhead, "scale": bench_scale}
+TITLES = {"traffic": "1. Traffic per site", "throughput": "2. Local training throughput",
+          "overhead": "3. Federation overhead", "accuracy": "4. Accuracy",
+          "scale": "5. Scale"}
+FINDINGS = "<!-- findings: notes below this line are kept when RESULTS.md is regenerated -->"
+
+
+def targets(res: dict) -> list[dict]:
+    """One row per target: measured value, goal, met, and by how much / why when missed."""
+    rows = []
+
+    def add(name, value, goal, met, unit="", why=""):
+        rows.append({"target": name, "measured": value, "goal": goal, "met": bool(met),
+                     "unit": unit, "why": "" if met else why})
+
+    if "traffic" in res:
+        t = res["traffic"]
+        b = t["rows"][t["best"]]
+        small = [f"{k}: {r['points_vs_uncompressed']:+.1f} points" for k, r in t["rows"].items()
+                 if r["full_over_this"] >= 1000]
+        add(f"traffic/round <= 1/1000 of full-model FedAvg at <= 1 point below uncompressed "
+            f"(best: {t['best']})", b["full_over_this"], 1000, b["meets_target"], "x smaller",
+            "rows small enough: " + ("; ".join(small) if small else "none"))
+    if "throughput" in res:
+        r = res["throughput"]["ratios"]
+        p = res["throughput"]["padding_efficiency"]
+        add("trainer throughput >= 0.9x plain PEFT loop", r["fedtune_over_plain"], 0.9,
+            r["fedtune_over_plain"] >= 0.9, "x",
+            f"vs plain+bucketing {r['fedtune_over_plain_bucketed']:.2f}x; real/padded tokens "
+            f"fedtune {p['fedtune']:.2f}, plain {p['plain_no_bucketing']:.2f}")
+        add("DP-SGD >= 0.8x non-DP", r["dp_over_non_dp"], 0.8, r["dp_over_non_dp"] >= 0.8, "x",
+            "per-example gradients (Opacus hooks) on every LoRA layer")
+    if "overhead" in res:
+        o = res["overhead"]
+        top = max(((k, v) for k, v in o["breakdown_s"].items() if not k.startswith("site training")),
+                  key=lambda kv: kv[1])
+        add("5-site simulation wall <= 1.5x centralized", o["ratios"]["wall_fed_over_central"], 1.5,
+            o["ratios"]["wall_fed_over_central"] <= 1.5, "x",
+            f"largest non-training share: {top[0]} {top[1]:.0f} s")
+    if "accuracy" in res:
+        for name, a in res["accuracy"].items():
+            q = a["ratios"]
+            add(f"{name}: FedAvg >= 97 % of centralized", 100 * q["fedavg_over_centralized"], 97,
+                q["fedavg_over_centralized"] >= 0.97, "%",
+                f"{100 * (0.97 - q['fedavg_over_centralized']):.1f} % short after "
+                f"{a['setup']['rounds']} rounds on a {a['setup']['partition']} split")
+            add(f"{name}: FedAvg >= 15 points above mean local-only site",
+                q["fedavg_minus_local_only_points"], 15, q["fedavg_minus_local_only_points"] >= 15,
+                "points", f"{15 - q['fedavg_minus_local_only_points']:.1f} points short")
+    if "scale" in res:
+        s = res["scale"]["ratios"]
+        add("100 sites in <= 8 GiB (peak RSS of the process tree)", s["peak_rss_gib"], 8,
+            s["peak_rss_gib"] <= 8, "GiB", f"PSS {s['peak_pss_gib']:.2f} GiB")
+        a = res["scale"]["aggregation"]
+        add("1,000 updates validated + aggregated in <= 1 s", s["aggregate_1000_s"], 1,
+            s["aggregate_1000_s"] <= 1, "s",
+            f"validate {a['validate_s']:.2f} s + Flower aggregate {a['flower_fedavg_aggregate_s']:.2f} s "
+            f"(numpy sum alone {a['numpy_weighted_sum_s']:.2f} s)")
+    return rows
+
+
+def markdown(res: dict, rows: list[dict], info: dict, *, quick: bool, seconds: float, kept: str) -> str:
+    m = info["machine"]
+    lines = [f"# fedtune benchmark results{' (--quick: tiny model, tiny data)' if quick else ''}", "",
+             f"`python bench/run_all.py{' --quick' if quick else ''}` — {info['date']}, "
+             f"{seconds / 60:.1f} min in all.", "",
+             "| machine | |", "|---|---|",
+             f"| CPU | {m['cpu_model']} |", f"| cores | {m['cores']} |", f"| RAM | {m['ram_gib']} GiB |",
+             f"| torch threads | {m['torch_threads']} |",
+             f"| load average at start / end | {m['load_avg']} / {info['load_end']} |",
+             f"| versions | python {m['python']}, " + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
+             + " |", "", "## Targets (each a ratio from this run)", "",
+             "| target | measured | goal | met | by how much / why (when missed) |",
+             "|---|---:|---:|:-:|---|"]
+    for r in rows:
+        lines.append(f"| {r['target']} | {r['measured']:,.3g} {r['unit']} | {r['goal']:,} | "
+                     f"{'yes' if r['met'] else '**no**'} | {r['why']} |")
+    for name in ("traffic", "throughput", "overhead", "accuracy", "scale"):
+        if name in res:
+            lines += ["", f"## {TITLES[name]}", "", SECTIONS[name].table(res[name]), "",
+                      f"_{info['section_seconds'].get(name, 0):.0f} s_"]
+        elif name in info["errors"]:
+            lines += ["", f"## {TITLES[name]}", "", f"FAILED: `{info['errors'][name]}`"]
+    lines += ["", FINDINGS, kept.rstrip(), ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny model + tiny data, < 2 minutes")
+    ap.add_argument("--out", type=Path, default=None, help="results directory")
+    ap.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temp dir)")
+    ap.add_argument("--only", default="", help="comma-separated sections to run")
+    args = ap.parse_args(argv)
+    here = Path(__file__).resolve().parent
+    out = args.out or (here / "results" / "quick" if args.quick else here / "results")
+    work = args.work or Path(tempfile.mkdtemp(prefix="fedtune-bench-"))
+    only = [s.strip() for s in args.only.split(",") if s.strip()] or list(SECTIONS)
+    t_start = time.perf_counter()
+    h = Harness(quick=args.quick, work=work, say=lambda s: print(s, flush=True))
+    info = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "errors": {},
+            "section_seconds": {}}
+    res: dict = {}
+    try:
+        for name in [s for s in SECTIONS if s in only]:
+            print(f"[{time.perf_counter() - t_start:6.0f}s] {TITLES[name]} ...", flush=True)
+            t0 = time.perf_counter()
+            try:
+                res[name] = SECTIONS[name].run(h)
+            except Exception as err:  # noqa: BLE001 - one failed section must not hide the others
+                traceback.print_exc()
+                info["errors"][name] = f"{type(err).__name__}: {err}"
+                continue
+            info["section_seconds"][name] = round(time.perf_counter() - t0, 1)
+            atomic_write_json(out / f"{name}.json", {**res[name], "machine": info["machine"],
+                                                     "quick": args.quick,
+                                                     "seconds": info["section_seconds"][name]})
+    finally:
+        if args.work is None:
+            shutil.rmtree(work, ignore_errors=True)
+    seconds = time.perf_counter() - t_start
+    info["load_end"] = [round(x, 2) for x in os.getloadavg()]
+    rows = targets(res)
+    md_path = out / "RESULTS.md"
+    kept = md_path.read_text(encoding="utf-8").split(FINDINGS, 1)[1] if (
+        md_path.is_file() and FINDINGS in md_path.read_text(encoding="utf-8")) else ""
+    atomic_write_bytes(md_path, markdown(res, rows, info, quick=args.quick, seconds=seconds,
+                                         kept=kept).encode())
+    atomic_write_json(out / "summary.json", {"targets": rows, "seconds": seconds, "quick": args.quick,
+                                             "section_seconds": info["section_seconds"],
+                                             "machine": info["machine"], "errors": info["errors"]})
+    print(f"\nfedtune bench: {seconds / 60:.1f} min; results in {out}")
+    for r in rows:
+        print(f"  {'MET ' if r['met'] else 'MISS'} {r['target']}: {r['measured']:,.3g} {r['unit']} "
+              f"(goal {r['goal']:,})" + (f" — {r['why']}" if r["why"] else ""))
+    for name, err in info["errors"].items():
+        print(f"  FAILED section {name}: {err}")
+    return 1 if info["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
