@@ -48,7 +48,8 @@ class Federation:
     def __init__(self, tmp: Path, tiny: Path):
         self.tmp, self.tiny, self.marker = tmp, tiny, uuid.uuid4().hex
         self.env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-                        **{MARK: self.marker}, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
+                        **{MARK: self.marker}, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1",
+                        FEDTUNE_AUDIT_DIR=str(tmp / "audit"))  # the sites' outbound guard logs here
         self.procs: dict[str, subprocess.Popen] = {}
         self.port = free_port()
         self.coordinator = f"127.0.0.1:{self.port}"
@@ -209,6 +210,32 @@ def test_site_policy_refusal_reaches_the_coordinator(run, fed):
         assert set(row["per_site"]) == {"a", "b", "c"}
         assert any("refuses this run" in f and "base-model-sha256" in f for f in row["failures"]), row
     assert json.loads((out / "summary.json").read_text())["sites"] == ["a", "b", "c"]
+
+
+def test_only_adapter_arrays_and_whitelisted_metrics_leave_deployed_sites(run, fed):
+    """Every message the real site processes sent (logged by their outbound guard)."""
+    from client.guard import ALLOWED_METRICS
+    from common.adapter import get_state
+    from common.config import ModelConfig
+    from common.model import build_model
+
+    model = build_model(ModelConfig(base=str(fed.tiny), max_length=32), num_labels=len(LABELS)).model
+    expected = {k: list(v.shape) for k, v in get_state(model).items()}
+    entries = [json.loads(line) for f in (fed.tmp / "audit").glob("*.jsonl")
+               for line in f.read_text().splitlines()]
+    assert sum(1 for e in entries if e["type"] == "train" and "error" not in e) >= 6  # 3 sites x 2 rounds
+    for e in entries:
+        assert e["violations"] == []
+        if "error" in e:
+            assert "refused" in e["error"]  # site d's policy refusals carry only their reason
+            continue
+        for name, rec in e["records"].items():
+            if rec["kind"] == "arrays":
+                assert {k: v["shape"] for k, v in rec["arrays"].items()} == expected
+            elif rec["kind"] == "metrics":
+                assert set(rec["values"]) <= ALLOWED_METRICS
+            else:
+                assert rec["kind"] == "config" and name == "site" and set(rec["values"]) == {"name"}
 
 
 def test_every_process_is_reaped(run, fed):
