@@ -11,6 +11,7 @@ from flwr.clientapp import ClientApp
 
 from client.attack import corrupt
 from client.audit import loss_threshold_auc
+from client.compress_mod import compression_mod
 from client.guard import outbound_guard_mod
 from client.policy import PolicyViolation, enforce_policy, redact_metrics
 from client.secagg import handle_legacy_evaluate, handle_legacy_train, is_legacy, secagg_mod
@@ -19,7 +20,9 @@ from common.config import from_run_config
 from common.errors import PrivacyBudgetExceeded
 
 # The guard is outermost: it inspects the reply that actually leaves (the SecAgg+-masked one).
-app = ClientApp(mods=[outbound_guard_mod, secagg_mod])
+# The guard is outermost: it inspects exactly what leaves (masked SecAgg+ records, or the
+# compressed update).
+app = ClientApp(mods=[outbound_guard_mod, secagg_mod, compression_mod])
 POLICY_WIRED = True
 
 # Keys a site may put in a reply's MetricRecord (client/guard.py enforces the full whitelist).

@@ -19,6 +19,7 @@ from server.robust import build_aggregator
 from server.rundir import RunDir, format_round
 from server.secagg import run_secagg
 from server.stopping import EarlyStopping
+from server.compress import Decompressing
 from server.strategy import Recorded, server_dp_epsilon
 
 app = ServerApp()
@@ -68,13 +69,15 @@ def run(grid: Grid, cfg: RunConfig) -> dict:
                         evaluate_every=fed.evaluate_every, num_rounds=fed.rounds,
                         min_sites=fed.min_sites, max_norm_factor=fed.max_norm_factor,
                         max_examples=fed.max_examples)
+    # Compressed updates are decoded before anything else looks at them (validation included).
+    outer = Decompressing(strategy) if cfg.compression.mode != "none" else strategy
     stopper = EarlyStopping(patience=fed.early_stopping_patience,
                             min_delta=fed.early_stopping_min_delta, metric=fed.early_stopping_metric)
     arrays, done = ArrayRecord(initial), 0
     if cfg.output.resume:
         ckpt = checkpoint.load(run_dir.path, config_hash=cfg.hash(), base_sha256=base_sha)
         arrays, done = ArrayRecord(ckpt.arrays), ckpt.round
-        checkpoint.load_strategy_state(strategy, ckpt.strategy)
+        checkpoint.load_strategy_state(outer, ckpt.strategy)
         run_dir.history = ckpt.history
         stopper.load(ckpt.best, ckpt.best_arrays)
         _say(f"fedtune: resuming {run_dir.path} after round {done}")
@@ -82,11 +85,13 @@ def run(grid: Grid, cfg: RunConfig) -> dict:
     retries = 0
     while server_round <= fed.rounds and not stopper.stopped:
         strategy.offset = server_round - 1
-        result = strategy.start(grid=grid, initial_arrays=arrays, num_rounds=1,
+        result = outer.start(grid=grid, initial_arrays=arrays, num_rounds=1,
                                 timeout=fed.round_timeout,
                                 train_config=ConfigRecord({"total-rounds": fed.rounds}),
                                 evaluate_config=ConfigRecord({"split": "test"}))
         log = strategy.rounds[server_round]
+        if outer is not strategy:  # traffic as it crossed the wire, compressed
+            log.upload_bytes.update(outer.wire_bytes)
         if log.incomplete and retries < fed.round_retries:
             retries += 1
             _say(f"fedtune: round {server_round}: only {len(log.train)} valid updates (need "
@@ -101,7 +106,7 @@ def run(grid: Grid, cfg: RunConfig) -> dict:
         _say(format_round(row, total_rounds=fed.rounds))
         checkpoint.save(run_dir.path, checkpoint.Checkpoint(
             round=server_round, arrays=arrays.to_torch_state_dict(),
-            strategy=checkpoint.strategy_state(strategy), history=run_dir.history,
+            strategy=checkpoint.strategy_state(outer), history=run_dir.history,
             best=stopper.state(), best_arrays=stopper.best_tensors(), config_hash=cfg.hash(),
             base_sha256=base_sha),
             keep=cfg.output.keep_checkpoints)
