@@ -99,7 +99,7 @@ def run(h) -> dict:
     from client.trainer import Schedule, batches, encode, train
     from common.model import build_model
 
-    n, reps = (64, 1) if h.quick else (1024, 2)
+    n, reps = (64, 1) if h.quick else (640, 2)
     cfg = h.config("banking77")
     frame = pd.read_csv(h.data_file("banking77")).head(n)
     names = sorted(pd.read_csv(h.data_file("banking77"))["label"].unique())
@@ -118,6 +118,7 @@ def run(h) -> dict:
     best = {k: 0.0 for k in ("fedtune", "plain_no_bucketing", "plain_bucketed", "dp", "non_dp")}
     padded = {}
     for rep in range(reps):  # interleaved repeats, best kept: other load on the machine is noise
+        h.say(f"  throughput repeat {rep + 1}/{reps}: fedtune, plain, plain+bucketing, DP ...")
         t0 = time.perf_counter()
         stats = train(built.model, enc, cfg=tcfg, schedule=sched, rng=np.random.default_rng(rep),
                       pad_id=pad, steps=steps)

@@ -17,7 +17,8 @@ ROWS = [  # (row, extra settings, uncompressed reference row)
     ("r16 + int8 (error feedback)", ["compression.mode=int8"], "LoRA r16 all-linear (default)"),
     ("r16 + topk 1% (error feedback)", ["compression.mode=topk", "compression.topk-fraction=0.01"],
      "LoRA r16 all-linear (default)"),
-    ("r8 q,v + int8 (error feedback)", R8QV + ["compression.mode=int8"], "LoRA r8 query,value"),
+    ("FFA-LoRA + topk 4% (error feedback)", ["model.lora-variant=ffa", "compression.mode=topk",
+                                              "compression.topk-fraction=0.04"], "FFA-LoRA r16 all-linear"),
 ]
 TARGET_RATIO = 1000  # per-round bytes <= 1/1000 of full-model FedAvg
 TARGET_POINTS = 1.0  # at <= 1 accuracy point below the uncompressed LoRA of the same adapter

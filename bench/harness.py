@@ -173,7 +173,9 @@ def machine() -> dict:
         except ImportError:
             versions[mod] = "-"
     return {"cpu_model": cpu, "cores": os.cpu_count(), "ram_gib": round(mem / 2**30, 1),
-            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+            "torch_threads": torch.get_num_threads(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"),
+            "python": platform.python_version(),
             "platform": platform.platform(), "load_avg": [round(x, 2) for x in os.getloadavg()],
             "versions": versions}
 

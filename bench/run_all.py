@@ -24,6 +24,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Idle OpenMP threads sleep instead of spinning (set before torch loads; Flower's processes
+# inherit it). On a machine shared with other work, spinning threads made 2-thread training
+# 6-8x slower than 1 thread; see RESULTS.md. Export OMP_WAIT_POLICY=ACTIVE to measure without.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from bench import (bench_accuracy, bench_overhead, bench_scale,  # noqa: E402
                    bench_throughput, bench_traffic)
@@ -100,7 +104,7 @@ def markdown(res: dict, rows: list[dict], info: dict, *, quick: bool, seconds: f
              f"{seconds / 60:.1f} min in all.", "",
              "| machine | |", "|---|---|",
              f"| CPU | {m['cpu_model']} |", f"| cores | {m['cores']} |", f"| RAM | {m['ram_gib']} GiB |",
-             f"| torch threads | {m['torch_threads']} |",
+             f"| torch threads | {m['torch_threads']} (OMP_WAIT_POLICY={m['omp_wait_policy']}) |",
              f"| load average at start / end | {m['load_avg']} / {info['load_end']} |",
              f"| versions | python {m['python']}, " + ", ".join(f"{k} {v}" for k, v in m["versions"].items())
              + " |", "", "## Targets (each a ratio from this run)", "",

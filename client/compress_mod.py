@@ -53,7 +53,9 @@ def save_residual(path: Path, residual: dict[str, torch.Tensor]) -> None:
 
 def compression_mod(msg: Message, ctx: Context, call_next) -> Message:
     """Flower mod: compress the adapter arrays of every successful train reply."""
-    if msg.metadata.message_type.split(".")[0] != "train":
+    # plain Message-API train messages only (SecAgg+'s legacy messages carry no "arrays")
+    if msg.metadata.message_type.split(".")[0] != "train" or not msg.has_content() \
+            or "arrays" not in msg.content.array_records:
         return call_next(msg, ctx)
     cfg = from_run_config(ctx.run_config)
     comp = cfg.compression

@@ -279,3 +279,18 @@ def test_guard_still_blocks_integer_arrays_without_a_compression_suffix(task_ide
     reply = Message(msg.content, reply_to=msg)
     bad = violations(reply)
     assert len(bad) == 2 and "ids" in bad[0] and "w.q8" in bad[1]
+
+
+def test_mod_passes_messages_without_adapter_arrays(tmp_path, task_identity):
+    """SecAgg+'s legacy train messages and evaluate messages are not touched."""
+    from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+    from client.compress_mod import compression_mod
+
+    cfg = dataclasses.replace(RunConfig(), compression=CompressionConfig(mode="topk"))
+    ctx = Context(run_id=77, node_id=3, node_config={"partition-id": 0}, state=RecordDict(),
+                  run_config=cfg.to_flat())
+    for mtype in ("train", "evaluate"):
+        msg = Message(RecordDict({"config": ConfigRecord({"x": 1})}), dst_node_id=3, message_type=mtype)
+        sentinel = Message(RecordDict({"site": ConfigRecord({"name": "s"})}), reply_to=msg)
+        assert compression_mod(msg, ctx, lambda m, c: sentinel) is sentinel
