@@ -13,7 +13,7 @@ from client.trainer import encode
 from common.config import ModelConfig
 from common.errors import DataError
 from common.model import build_model
-from fedtune.cli_release import main
+from fedtune.cli import main
 from tests.conftest import make_texts
 from tests.test_export_predict import copy_run, shared_run
 

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.serialization import (load_pem_private_key, 
 
 from common.errors import ConfigError
 from fedtune.ops.certs import cert_sans, make_certs, parse_sites
-from fedtune.ops.cli import main
+from fedtune.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 

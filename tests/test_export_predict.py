@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
-from fedtune.cli_release import main
+from fedtune.cli import main
 from tests.conftest import make_texts
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ import pytest
 from common.adapter import save_adapter
 from common.config import ModelConfig
 from common.model import build_model, model_fingerprint
-from fedtune.cli_release import main
+from fedtune.cli import main
 from fedtune.release import ReleaseError, load_private_key, sign_bundle, verify_bundle
 from tests.test_export_predict import copy_run, other_base, shared_run
 

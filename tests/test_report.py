@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from fedtune.cli_release import main
+from fedtune.cli import main
 from tests.test_export_predict import copy_run, shared_run
 
 IMG = re.compile(r'<img [^>]*src="data:image/png;base64,[A-Za-z0-9+/=]{200,}"')
