@@ -6,6 +6,7 @@ the memory of a whole process tree."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import platform
@@ -48,14 +49,17 @@ class Harness:
     work: Path
     say: callable = print
     base: str = ""  # model directory; "" = all-MiniLM-L6-v2
+    resume: bool = False  # reuse finished runs in `work` (an interrupted suite goes on)
     runs: dict = field(default_factory=dict)
     baseline_cache: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # start clean: an earlier run's privacy ledgers, checkpoints and split manifests would
-        # change this run (a DP site refuses once its ledger is spent)
-        for sub in ("runs", "sim", "base", "data"):
-            shutil.rmtree(self.work / sub, ignore_errors=True)
+        # change this run (a DP site refuses once its ledger is spent). With resume, finished
+        # runs are reused and unfinished ones are started over in a clean directory.
+        if not self.resume:
+            for sub in ("runs", "sim", "base", "data", "sections"):
+                shutil.rmtree(self.work / sub, ignore_errors=True)
         self.work.mkdir(parents=True, exist_ok=True)
         if self.quick:
             from bench.tiny import make_tiny_model
@@ -98,13 +102,18 @@ class Harness:
         """An in-process federated run of dataset `name` with `extra` settings (memoised)."""
         key = (name, tuple(extra))
         if key not in self.runs:
-            from bench.inproc import run_inprocess
+            from bench.inproc import load_run, run_inprocess
 
             tag = f"{name}-" + ("-".join(s.split(".")[-1] for s in extra) or "fedavg")
             tag = "".join(c if c.isalnum() or c in "-_=" else "_" for c in tag)[:80]
-            self.say(f"  federated run {tag} ...")
-            res = run_inprocess(self.config(name, extra), out=self.work / "runs" / tag,
-                                log=self.work / "runs.log")
+            out = self.work / "runs" / tag
+            res = load_run(out) if self.resume else None
+            if res is None:
+                shutil.rmtree(out, ignore_errors=True)
+                self.say(f"  federated run {tag} ...")
+                res = run_inprocess(self.config(name, extra), out=out, log=self.work / "runs.log")
+            else:
+                self.say(f"  federated run {tag}: reused (--resume)")
             self.say(f"    {res['wall_s']:.0f}s, accuracy {res['summary'].get('accuracy', float('nan')):.4f}")
             self.runs[key] = res
         return self.runs[key]
@@ -114,24 +123,37 @@ class Harness:
         from fedtune.simulate import simulate
 
         out = self.work / "sim" / tag
+        cache = self.work / "sim" / f"{tag}.json"
+        if self.resume and cache.is_file():
+            self.say(f"  fedtune simulate {tag}: reused (--resume)")
+            return json.loads(cache.read_text(encoding="utf-8"))
+        shutil.rmtree(out, ignore_errors=True)
         self.say(f"  fedtune simulate {tag} ...")
         with TreeMemory(marker=str(out.resolve() / ".flwr")) as mem:
             t0 = time.perf_counter()
             summary = simulate(self.config(name, extra), out=out, quiet=True)
             wall = time.perf_counter() - t0
-        rows = [__import__("json").loads(line) for line in
+        rows = [json.loads(line) for line in
                 (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
         self.say(f"    {wall:.0f}s, accuracy {summary.get('accuracy', float('nan')):.4f}, "
                  f"peak RSS {mem.peak_rss / 2**30:.2f} GiB")
-        return {"summary": summary, "wall_s": wall, "metrics": rows, "memory": mem.result()}
+        res = {"summary": summary, "wall_s": wall, "metrics": rows, "memory": mem.result()}
+        cache.write_text(json.dumps(res), encoding="utf-8")
+        return res
 
     # ---- baselines ------------------------------------------------------------------------
     def baselines(self, name: str) -> dict:
         if name not in self.baseline_cache:
             from bench.baselines import run_baselines
 
-            self.say(f"  centralized + local-only baselines on {name} ...")
-            self.baseline_cache[name] = run_baselines(self.config(name), out=self.work / "base" / name)
+            cache = self.work / "base" / f"{name}.json"
+            if self.resume and cache.is_file():
+                self.baseline_cache[name] = json.loads(cache.read_text(encoding="utf-8"))
+            else:
+                shutil.rmtree(self.work / "base" / name, ignore_errors=True)
+                self.say(f"  centralized + local-only baselines on {name} ...")
+                self.baseline_cache[name] = run_baselines(self.config(name), out=self.work / "base" / name)
+                cache.write_text(json.dumps(self.baseline_cache[name]), encoding="utf-8")
         return self.baseline_cache[name]
 
 

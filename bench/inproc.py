@@ -4,14 +4,17 @@ going through a SuperLink and Ray. Only the transport differs from `fedtune simu
 start, no serialisation hop, sites run one after the other in this process (as they do with
 `simulation.concurrency = 1` on 2 cores).
 
-Compression: the ClientApp gets `client.compress_mod.compression_mod` (inside the outbound
-guard) when client/app.py does not list it yet, and this Grid decodes compressed train replies
-with `server.compress.decompress_reply` before the coordinator sees them — the same function the
-`Decompressing` strategy wrapper uses. Wire bytes are counted here, before decoding."""
+Compression runs exactly as wired in the product: `compression_mod` in the ClientApp's mods,
+`server.compress.Decompressing` in the coordinator. This Grid counts each train reply's wire bytes
+(ArrayRecord.count_bytes) as a cross-check of the coordinator's own record (metrics.jsonl).
+
+Each finished run leaves `bench.json` in its run directory; `load_run` rebuilds the same result
+from a run directory (so `run_all.py --resume` skips finished runs)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 import zlib
 from collections.abc import Iterable
@@ -74,8 +77,6 @@ class InProcessGrid(Grid):
 
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> Iterable[Message]:
-        from server.compress import decompress_reply
-
         messages = list(messages)
         is_train = any(m.metadata.message_type.startswith("train") for m in messages)
         self.train_calls += is_train
@@ -86,15 +87,28 @@ class InProcessGrid(Grid):
                 self.uploads.append({"round": self.train_calls, "node": msg.metadata.dst_node_id,
                                      "bytes": sum(r.count_bytes()
                                                   for r in reply.content.array_records.values())})
-                sent = {k: a.numpy() for k, a in msg.content["arrays"].items()}
-                reply, _ = decompress_reply(reply, sent)
             replies.append(reply)
         return replies
 
 
+def load_run(out: Path) -> dict | None:
+    """The result of a finished run in `out` (None if it did not finish): summary, wall time and
+    uploads as the coordinator recorded them (metrics.jsonl: wire bytes, compressed or not)."""
+    if not (out / "summary.json").is_file():
+        return None
+    summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if x]
+    per = [v["upload_bytes"] for r in rows for v in r["per_site"].values() if v.get("upload_bytes")]
+    extra = json.loads((out / "bench.json").read_text()) if (out / "bench.json").is_file() else {}
+    return {"summary": summary, "wall_s": extra.get("wall_s", summary.get("wall_s", 0.0)),
+            "rounds": len(rows), "sites": len(summary.get("per_site", {})) or extra.get("sites", 0),
+            "uploads": len(per), "bytes_per_site_round": sum(per) / max(1, len(per)),
+            "bytes_total_all_sites": sum(per), "grid_bytes": extra.get("grid_bytes")}
+
+
 def run_inprocess(cfg: RunConfig, *, out: Path, log: Path) -> dict:
     """Partition like `fedtune simulate`, then run fedtune's coordinator over an InProcessGrid.
-    Returns the summary, the wall time and the measured uploads."""
+    Returns load_run's result (plus the bytes the Grid counted)."""
     import logging
 
     from flwr.supercore.task_identity import TaskIdentity
@@ -113,12 +127,11 @@ def run_inprocess(cfg: RunConfig, *, out: Path, log: Path) -> dict:
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run_id, 1
     logging.getLogger("flwr").setLevel(logging.WARNING)
     with open(log, "a", encoding="utf-8") as fh, contextlib.redirect_stdout(fh):
-        summary = server_app.run(grid, cfg)
+        server_app.run(grid, cfg)
     wall = time.perf_counter() - t0
     site_mod._cached_site.cache_clear()
-    rounds = max([u["round"] for u in grid.uploads] or [0])
-    per_round = [u["bytes"] for u in grid.uploads]
-    return {"summary": summary, "wall_s": wall, "rounds": rounds, "sites": cfg.simulation.sites,
-            "uploads": len(per_round),
-            "bytes_per_site_round": sum(per_round) / max(1, len(per_round)),
-            "bytes_total_all_sites": sum(per_round), "cfg": cfg}
+    grid_bytes = [u["bytes"] for u in grid.uploads]
+    (out / "bench.json").write_text(json.dumps({
+        "wall_s": wall, "sites": cfg.simulation.sites,
+        "grid_bytes": sum(grid_bytes) / max(1, len(grid_bytes))}), encoding="utf-8")
+    return load_run(out)

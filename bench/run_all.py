@@ -101,7 +101,10 @@ def markdown(res: dict, rows: list[dict], info: dict, *, quick: bool, seconds: f
     m = info["machine"]
     lines = [f"# fedtune benchmark results{' (--quick: tiny model, tiny data)' if quick else ''}", "",
              f"`python bench/run_all.py{' --quick' if quick else ''}` — {info['date']}, "
-             f"{seconds / 60:.1f} min in all.", "",
+             f"{seconds / 60:.1f} min in all"
+             + (f" (a resumed suite: {', '.join(info['reused'])} and finished runs reused from the "
+                "interrupted invocation, whose time is not included)" if info.get("reused") else "")
+             + ".", "",
              "| machine | |", "|---|---|",
              f"| CPU | {m['cpu_model']} |", f"| cores | {m['cores']} |", f"| RAM | {m['ram_gib']} GiB |",
              f"| torch threads | {m['torch_threads']} (OMP_WAIT_POLICY={m['omp_wait_policy']}) |",
@@ -129,13 +132,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=None, help="results directory")
     ap.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temp dir)")
     ap.add_argument("--only", default="", help="comma-separated sections to run")
+    ap.add_argument("--resume", action="store_true",
+                    help="with --work: reuse the finished sections and runs of an interrupted suite")
     args = ap.parse_args(argv)
     here = Path(__file__).resolve().parent
     out = args.out or (here / "results" / "quick" if args.quick else here / "results")
+    if args.resume and args.work is None:
+        ap.error("--resume needs the --work directory of the interrupted suite")
     work = args.work or Path(tempfile.mkdtemp(prefix="fedtune-bench-"))
     only = [s.strip() for s in args.only.split(",") if s.strip()] or list(SECTIONS)
     t_start = time.perf_counter()
-    h = Harness(quick=args.quick, work=work, say=lambda s: print(s, flush=True))
+    h = Harness(quick=args.quick, work=work, say=lambda s: print(s, flush=True), resume=args.resume)
+    done = work / "sections"
+    done.mkdir(parents=True, exist_ok=True)
     info = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "errors": {},
             "section_seconds": {}}
     res: dict = {}
@@ -143,6 +152,12 @@ def main(argv: list[str] | None = None) -> int:
         for name in [s for s in SECTIONS if s in only]:
             print(f"[{time.perf_counter() - t_start:6.0f}s] {TITLES[name]} ...", flush=True)
             t0 = time.perf_counter()
+            if args.resume and (done / f"{name}.json").is_file():
+                cached = json.loads((done / f"{name}.json").read_text(encoding="utf-8"))
+                res[name], info["section_seconds"][name] = cached["result"], cached["seconds"]
+                info.setdefault("reused", []).append(name)
+                print("  reused (--resume)", flush=True)
+                continue
             try:
                 res[name] = SECTIONS[name].run(h)
             except Exception as err:  # noqa: BLE001 - one failed section must not hide the others
@@ -150,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
                 info["errors"][name] = f"{type(err).__name__}: {err}"
                 continue
             info["section_seconds"][name] = round(time.perf_counter() - t0, 1)
+            atomic_write_json(done / f"{name}.json", {"result": res[name],
+                                                      "seconds": info["section_seconds"][name]})
             atomic_write_json(out / f"{name}.json", {**res[name], "machine": info["machine"],
                                                      "quick": args.quick,
                                                      "seconds": info["section_seconds"][name]})
