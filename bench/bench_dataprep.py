@@ -4,7 +4,7 @@ Rows are banking77 texts resampled with a seed, about 10% carrying injected PII 
 card, IBAN, date, name, MRN). Prints rows/s per step and writes bench/results/dataprep.json and
 bench/results/dataprep.md.
 
-    python bench/bench_dataprep.py [--rows 100000] [--data /work/shared/data/banking77/train.csv]
+    python bench/bench_dataprep.py [--rows 100000] [--data ../shared/data/banking77/train.csv]
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def main() -> int:
     """Run the benchmark and write bench/results/dataprep.{json,md}."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=100_000)
-    parser.add_argument("--data", type=Path, default=Path("/work/shared/data/banking77/train.csv"))
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/banking77/train.csv")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     res = run(args.rows, args.data, args.seed)

@@ -10,8 +10,9 @@ import pytest
 from common.data import DataConfig, format_report, prepare_site, shareable_report
 from common.errors import DataError
 
-BANKING = Path("/work/shared/data/banking77/train.csv")
-MEDICAL = Path("/work/shared/data/medical_abstracts/train.csv")
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"  # shared/ sits beside the clone
+BANKING = SHARED / "banking77" / "train.csv"
+MEDICAL = SHARED / "medical_abstracts" / "train.csv"
 LABELS = ["card", "loan", "fraud"]
 
 
