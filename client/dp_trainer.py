@@ -1,6 +1,13 @@
 """DP-SGD local training with Opacus: Poisson-sampled batches (each row joins a step with
 probability q, so a batch can be empty), per-example gradients clipped to max_grad_norm, Gaussian
-noise added by Opacus' DPOptimizer. Accounting is the ledger's job (client/privacy.py)."""
+noise added by Opacus' DPOptimizer. Accounting is the ledger's job (client/privacy.py).
+
+Speed: a Poisson batch is random, so padding it to its longest row wastes most of the compute on
+short-text data (about 0.35 real/padded tokens on Banking77). Each logical batch is therefore
+sorted by length and cut into a few micro-batches, each padded to its own longest row; Opacus
+clips every example's gradient and accumulates across the micro-batches (its virtual-step
+mechanism, `signal_skip_step`), then adds noise once for the logical batch. Per-example clipping
+does not depend on how a batch is cut, so the mechanism, and its accounting, are unchanged."""
 
 from __future__ import annotations
 
@@ -30,6 +37,7 @@ def train_dp(model: torch.nn.Module, data: Encoded, *, cfg: TrainConfig, schedul
                       expected_batch_size=max(1, round(sample_rate * len(data))),
                       loss_reduction="mean")
     seen, loss_sum, empty = 0, 0.0, 0
+    lengths = np.fromiter((len(x) for x in data.ids), dtype=np.int64, count=len(data))
     try:
         for step in tqdm(range(steps), desc="dp-train", disable=not progress, leave=False):
             factor = lr_factor(schedule.start_step + step, total=schedule.total_steps,
@@ -38,18 +46,50 @@ def train_dp(model: torch.nn.Module, data: Encoded, *, cfg: TrainConfig, schedul
                 g["lr"] = g["base_lr"] * factor
             idx = np.flatnonzero(rng.random(len(data)) < sample_rate)
             if len(idx) == 0:
-                # An empty Poisson batch: nothing to release. The ledger still counts the step,
-                # which only over-states epsilon (conservative).
+                # An empty Poisson batch still releases a noisy (pure-noise) update, as the
+                # analysis of DP-SGD assumes; skipping it would reveal that the batch was empty.
                 empty += 1
+                _noise_only_step(opt)
                 continue
-            ids, mask, y = collate(data, idx, pad_id=pad_id)
-            step_loss = loss(gsm(input_ids=ids, attention_mask=mask).logits, y)
-            step_loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            loss_sum += float(step_loss.detach()) * len(idx)
+            parts = micro_batches(idx, lengths)
+            for k, part in enumerate(parts):
+                ids, mask, y = collate(data, part, pad_id=pad_id)
+                part_loss = loss(gsm(input_ids=ids, attention_mask=mask).logits, y)
+                part_loss.backward()
+                # all but the last micro-batch: clip and accumulate, no noise, no update
+                opt.signal_skip_step(do_skip=k < len(parts) - 1)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                loss_sum += float(part_loss.detach()) * len(part)
             seen += len(idx)
     finally:
         gsm._close()  # remove Opacus' hooks and per-sample grad buffers from the cached model
     return {"train_loss": loss_sum / max(1, seen), "num_examples": seen, "steps": steps,
             "empty_batches": empty}
+
+
+def micro_batches(idx: np.ndarray, lengths: np.ndarray, *, slack: float = 1.5,
+                  min_size: int = 8) -> list[np.ndarray]:
+    """Cut one logical batch into length-sorted micro-batches: a new one starts when padding the
+    current one to the next (longer) row would exceed `slack` x its real tokens."""
+    order = idx[np.argsort(lengths[idx], kind="stable")]
+    parts, start, real = [], 0, 0
+    for j, i in enumerate(order):
+        n = j - start + 1
+        if n > min_size and n * lengths[i] > slack * (real + lengths[i]):
+            parts.append(order[start:j])
+            start, real = j, 0
+        real += int(lengths[i])
+    parts.append(order[start:])
+    return parts
+
+
+def _noise_only_step(opt) -> None:
+    """The DP-SGD step of an empty batch: zero clipped sum + Gaussian noise, scaled as usual."""
+    for p in opt.params:
+        p.summed_grad = torch.zeros_like(p)
+    opt.add_noise()
+    for p in opt.params:  # opt.scale_grad() needs per-sample grads, which an empty batch lacks
+        p.grad /= opt.expected_batch_size
+    opt.original_optimizer.step()
+    opt.zero_grad(set_to_none=True)

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
@@ -23,6 +23,7 @@ from flwr.serverapp.strategy import (
 )
 
 from common.config import RunConfig
+from server.fastagg import as_tensors, weighted_mean
 
 
 def build_strategy(cfg: RunConfig, *, num_sites: int) -> Strategy:
@@ -140,7 +141,7 @@ class Recorded(Strategy):
                         grid: Grid) -> Iterable[Message]:
         server_round += self.offset
         self.rounds[server_round] = RoundLog(round=server_round)  # a retried round starts afresh
-        self.current = {k: a.numpy() for k, a in arrays.items()}
+        self.current = as_tensors(arrays)
         return self.inner.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
@@ -148,7 +149,7 @@ class Recorded(Strategy):
 
         server_round += self.offset
         log = self._log(server_round)
-        accepted, norms = [], {}
+        accepted, norms, tensors = [], {}, {}
         for msg in list(replies):
             name = _site_name(msg)
             if msg.has_error():
@@ -159,6 +160,7 @@ class Recorded(Strategy):
                 log.rejected[name] = verdict.reason
                 continue
             norms[name] = verdict.norm
+            tensors[name] = verdict.tensors
             accepted.append((name, msg))
         for name, reason in norm_outliers(norms, factor=self.max_norm_factor).items():
             log.rejected[name] = reason
@@ -171,6 +173,12 @@ class Recorded(Strategy):
             return None, None
         replies = [m for _, m in accepted]
         _common_metric_keys(replies)
+        if type(self.inner) in (FedAvg, FedProx):  # exactly these: their aggregate is the mean
+            # the fast path: the arrays validation already decoded, one fused pass per array
+            key = self.inner.weighted_by_key
+            mean = weighted_mean([(tensors[n], float(_metric_dict(m)[key])) for n, m in accepted])
+            metrics = self.inner.train_metrics_aggr_fn([m.content for m in replies], key)
+            return ArrayRecord({k: Array(v) for k, v in mean.items()}), metrics
         return self.inner.aggregate_train(server_round, replies)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,

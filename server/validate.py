@@ -7,10 +7,13 @@ and the reason and left out of aggregation."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from flwr.app import ArrayRecord, Message
+
+from server.fastagg import check_arrays
 
 
 @dataclass
@@ -18,6 +21,7 @@ class Verdict:
     ok: bool
     reason: str = ""
     norm: float = 0.0
+    tensors: dict = field(default_factory=dict, repr=False)  # decoded once, reused to aggregate
 
 
 def _arrays(msg: Message) -> ArrayRecord | None:
@@ -32,39 +36,45 @@ def _num_examples(msg: Message) -> float | None:
     return None
 
 
-def check_reply(msg: Message, current: dict[str, np.ndarray], *, max_examples: int) -> Verdict:
-    """Structural checks of one reply against the current global arrays."""
+def check_reply(msg: Message, current: dict, *, max_examples: int) -> Verdict:
+    """Structural checks of one reply against the current global arrays (numpy arrays or the
+    tensors of server.fastagg.as_tensors)."""
     arrays = _arrays(msg)
     if arrays is None:
         return Verdict(False, "reply carries no single ArrayRecord")
-    got = set(arrays.keys())
-    if got != set(current):
-        missing, extra = sorted(set(current) - got), sorted(got - set(current))
-        return Verdict(False, f"wrong keys: missing {missing[:2]}, unexpected {extra[:2]}")
-    sq = 0.0
-    for key, arr in arrays.items():
-        value = arr.numpy()
-        if value.shape != current[key].shape:
-            return Verdict(False, f"{key} has shape {value.shape}, expected {current[key].shape}")
-        if value.dtype.kind != "f":
-            return Verdict(False, f"{key} has dtype {value.dtype}, expected a float array")
-        if not np.isfinite(value).all():
-            return Verdict(False, f"{key} holds NaN or Inf")
-        sq += float(((value.astype(np.float64) - current[key]) ** 2).sum())
+    current = {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.asarray(v))
+               for k, v in current.items()}
+    reason, norm, tensors = check_arrays(arrays, current)
+    if reason:
+        return Verdict(False, reason)
     n = _num_examples(msg)
     if n is None or not np.isfinite(n) or n <= 0 or n > max_examples:
         return Verdict(False, f"implausible num-examples {n!r} (allowed 1..{max_examples})")
-    return Verdict(True, norm=float(np.sqrt(sq)))
+    return Verdict(True, norm=norm, tensors=tensors)
 
 
 def norm_outliers(norms: dict[str, float], *, factor: float) -> dict[str, str]:
-    """Sites whose update norm exceeds `factor` x the median of the OTHER sites' norms."""
-    out = {}
-    if factor <= 0 or len(norms) < 3:
+    """Sites whose update norm exceeds `factor` x the median of the OTHER sites' norms
+    (O(n log n): each leave-one-out median is read off the sorted norms)."""
+    out: dict[str, str] = {}
+    n = len(norms)
+    if factor <= 0 or n < 3:
         return out
-    for site, norm in norms.items():
-        others = [v for s, v in norms.items() if s != site]
-        bound = factor * float(np.median(others))
-        if bound > 0 and norm > bound:
-            out[site] = f"update norm {norm:.3g} exceeds {factor:g} x the other sites' median ({bound:.3g})"
+    names = list(norms)
+    values = np.array([norms[k] for k in names], dtype=np.float64)
+    order = np.argsort(values, kind="stable")
+    srt = values[order]
+    pos = np.empty(n, dtype=np.int64)
+    pos[order] = np.arange(n)
+    m = n - 1  # how many others
+
+    def others(i: int) -> float:  # i-th smallest of the sorted norms without position p
+        return float(srt[i] if i < p else srt[i + 1])
+
+    for j, site in enumerate(names):
+        p = int(pos[j])
+        med = others(m // 2) if m % 2 else 0.5 * (others(m // 2 - 1) + others(m // 2))
+        bound = factor * med
+        if bound > 0 and values[j] > bound:
+            out[site] = f"update norm {values[j]:.3g} exceeds {factor:g} x the other sites' median ({bound:.3g})"
     return out

@@ -26,8 +26,9 @@ REQUIRED = {
                  "centralized.train_s", "ratios.wall_fed_over_central",
                  "federated.memory.peak_rss_bytes"],
     "scale": ["many_sites.wall_s", "many_sites.memory.peak_rss_bytes",
-              "many_sites.memory.peak_pss_bytes", "aggregation.validate_s",
-              "aggregation.flower_fedavg_aggregate_s", "aggregation.numpy_weighted_sum_s",
+              "many_sites.memory.peak_pss_bytes", "aggregation.validate_plus_aggregate_s",
+              "aggregation.naive_numpy_validate_s", "aggregation.flower_fedavg_aggregate_s",
+              "aggregation.numpy_weighted_sum_s", "aggregation.max_abs_diff_vs_flower",
               "ratios.peak_rss_gib", "ratios.aggregate_1000_s"],
 }
 ACCURACY = ["centralized.pooled_accuracy", "fedavg.pooled_accuracy", "fedprox.pooled_accuracy",

@@ -120,3 +120,50 @@ def test_empty_poisson_batches_are_handled(tiny_model_dir):
                      rng=np.random.default_rng(1), steps=30, sample_rate=0.05,
                      noise_multiplier=1.0, max_grad_norm=1.0)
     assert stats["empty_batches"] > 0 and stats["steps"] == 30
+
+
+def test_micro_batches_partition_a_batch_by_length():
+    from client.dp_trainer import micro_batches
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 60, size=200)
+    idx = rng.choice(200, size=40, replace=False)
+    parts = micro_batches(idx, lengths)
+    assert len(parts) > 1
+    joined = np.concatenate(parts)
+    assert sorted(joined.tolist()) == sorted(idx.tolist())  # every row exactly once
+    assert all(np.all(np.diff(lengths[p]) >= 0) for p in parts)
+    padded = sum(len(p) * lengths[p].max() for p in parts)
+    assert padded < len(idx) * lengths[idx].max()  # less padding than one padded batch
+
+
+def test_micro_batched_dp_step_equals_one_batch(tiny_model_dir, monkeypatch):
+    """Cutting a Poisson batch into length-sorted micro-batches must not change the clipped sum:
+    same update as processing the logical batch in one piece (no noise, SGD, one step)."""
+    import client.dp_trainer as dpt
+
+    words = ["alpha", "beta", "gamma", "delta", "eps", "zeta", "eta", "theta"]
+    texts = [" ".join(words[(i + j) % 8] for j in range(1 + (i * 7) % 20)) for i in range(48)]
+    labels = np.array([i % 3 for i in range(48)])
+    results = []
+    for whole in (False, True):
+        built = build_model(ModelConfig(base=str(tiny_model_dir), lora_r=4), num_labels=3, seed=0)
+        data = encode(built.tokenizer, texts, labels, max_length=32)
+        for m in built.model.modules():  # dropout draws differ with batch shapes
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
+        if whole:
+            monkeypatch.setattr(dpt, "micro_batches", lambda idx, lengths: [idx])
+        else:
+            lengths = np.array([len(x) for x in data.ids])
+            assert len(dpt.micro_batches(np.arange(48), lengths)) > 1
+        train_dp(built.model, data, cfg=TrainConfig(learning_rate=0.5, optimizer="sgd"),
+                 schedule=Schedule(0, 10, 0), rng=np.random.default_rng(3), steps=1,
+                 sample_rate=0.9, noise_multiplier=0.0, max_grad_norm=0.05)
+        results.append(get_state(built.model))
+    before = get_state(build_model(ModelConfig(base=str(tiny_model_dir), lora_r=4), num_labels=3,
+                                   seed=0).model)
+    moved = max((results[1][k] - before[k]).abs().max().item() for k in before)
+    assert moved > 1e-4  # the step did something
+    for k in results[0]:
+        torch.testing.assert_close(results[0][k], results[1][k], atol=1e-6, rtol=1e-4)
