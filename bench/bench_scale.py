@@ -66,11 +66,11 @@ def aggregation(h, *, updates: int, pool: int = 50) -> dict:
                                            "site": ConfigRecord({"name": f"site-{i}"})}), reply_to=ins))
     from flwr.serverapp.strategy import FedAvg as _FedAvg
 
-    from server.fastagg import as_tensors
+    from server.fastagg import Accumulator
     from server.strategy import Recorded
 
     coordinator = Recorded(_FedAvg(fraction_train=1.0), max_norm_factor=10.0)
-    coordinator.current = as_tensors(ArrayRecord({k: Array(v) for k, v in current.items()}))
+    coordinator.current = Accumulator(current)
     t0 = time.perf_counter()
     agg, _ = coordinator.aggregate_train(1, replies)
     t_fedtune = time.perf_counter() - t0

@@ -23,7 +23,7 @@ from flwr.serverapp.strategy import (
 )
 
 from common.config import RunConfig
-from server.fastagg import as_tensors, weighted_mean
+from server.fastagg import Accumulator
 
 
 def build_strategy(cfg: RunConfig, *, num_sites: int) -> Strategy:
@@ -141,7 +141,7 @@ class Recorded(Strategy):
                         grid: Grid) -> Iterable[Message]:
         server_round += self.offset
         self.rounds[server_round] = RoundLog(round=server_round)  # a retried round starts afresh
-        self.current = as_tensors(arrays)
+        self.current = Accumulator.from_record(arrays)
         return self.inner.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
@@ -149,19 +149,25 @@ class Recorded(Strategy):
 
         server_round += self.offset
         log = self._log(server_round)
-        accepted, norms, tensors = [], {}, {}
+        acc = self.current if isinstance(self.current, Accumulator) else Accumulator(self.current)
+        # FedAvg / FedProx (exactly: their aggregate is the weighted mean): sum while validating
+        fast = type(self.inner) in (FedAvg, FedProx)
+        acc.reset()
+        accepted, norms, weights = [], {}, {}
         for msg in list(replies):
             name = _site_name(msg)
             if msg.has_error():
                 log.failures.append(_failure(name, msg.error.reason))
                 continue
-            verdict = check_reply(msg, self.current, max_examples=self.max_examples)
+            verdict = check_reply(msg, acc, max_examples=self.max_examples)
             if not verdict.ok:
                 log.rejected[name] = verdict.reason
                 continue
             norms[name] = verdict.norm
-            tensors[name] = verdict.tensors
             accepted.append((name, msg))
+            if fast:
+                weights[name] = float(_metric_dict(msg)[self.inner.weighted_by_key])
+                acc.add(weights[name])
         for name, reason in norm_outliers(norms, factor=self.max_norm_factor).items():
             log.rejected[name] = reason
         accepted = [(n, m) for n, m in accepted if n not in log.rejected]
@@ -173,12 +179,15 @@ class Recorded(Strategy):
             return None, None
         replies = [m for _, m in accepted]
         _common_metric_keys(replies)
-        if type(self.inner) in (FedAvg, FedProx):  # exactly these: their aggregate is the mean
-            # the fast path: the arrays validation already decoded, one fused pass per array
-            key = self.inner.weighted_by_key
-            mean = weighted_mean([(tensors[n], float(_metric_dict(m)[key])) for n, m in accepted])
-            metrics = self.inner.train_metrics_aggr_fn([m.content for m in replies], key)
-            return ArrayRecord({k: Array(v) for k, v in mean.items()}), metrics
+        if fast:
+            if any(name in log.rejected for name in weights):  # summed, then rejected: redo
+                acc.reset()
+                for name, msg in accepted:
+                    acc.load(next(iter(msg.content.array_records.values())))
+                    acc.add(weights[name])
+            metrics = self.inner.train_metrics_aggr_fn([m.content for m in replies],
+                                                       self.inner.weighted_by_key)
+            return ArrayRecord({k: Array(v) for k, v in acc.mean().items()}), metrics
         return self.inner.aggregate_train(server_round, replies)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,

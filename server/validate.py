@@ -7,13 +7,12 @@ and the reason and left out of aggregation."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
-import torch
 from flwr.app import ArrayRecord, Message
 
-from server.fastagg import check_arrays
+from server.fastagg import Accumulator
 
 
 @dataclass
@@ -21,7 +20,6 @@ class Verdict:
     ok: bool
     reason: str = ""
     norm: float = 0.0
-    tensors: dict = field(default_factory=dict, repr=False)  # decoded once, reused to aggregate
 
 
 def _arrays(msg: Message) -> ArrayRecord | None:
@@ -36,21 +34,20 @@ def _num_examples(msg: Message) -> float | None:
     return None
 
 
-def check_reply(msg: Message, current: dict, *, max_examples: int) -> Verdict:
-    """Structural checks of one reply against the current global arrays (numpy arrays or the
-    tensors of server.fastagg.as_tensors)."""
+def check_reply(msg: Message, current: dict | Accumulator, *, max_examples: int) -> Verdict:
+    """Structural checks of one reply against the current global arrays (a dict of arrays, or
+    an Accumulator, whose buffer then holds the checked update, ready to be added)."""
     arrays = _arrays(msg)
     if arrays is None:
         return Verdict(False, "reply carries no single ArrayRecord")
-    current = {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(np.asarray(v))
-               for k, v in current.items()}
-    reason, norm, tensors = check_arrays(arrays, current)
+    acc = current if isinstance(current, Accumulator) else Accumulator(current)
+    reason, norm = acc.check(arrays)
     if reason:
         return Verdict(False, reason)
     n = _num_examples(msg)
     if n is None or not np.isfinite(n) or n <= 0 or n > max_examples:
         return Verdict(False, f"implausible num-examples {n!r} (allowed 1..{max_examples})")
-    return Verdict(True, norm=norm, tensors=tensors)
+    return Verdict(True, norm=norm)
 
 
 def norm_outliers(norms: dict[str, float], *, factor: float) -> dict[str, str]:
