@@ -16,6 +16,7 @@ out. With a frozen base the true backward is nearer x2 (no weight gradients): bo
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -94,6 +95,18 @@ def _plain_loop(model, tokenizer, enc, *, batch_size: int, lr: float, sampler=No
     return seen, time.perf_counter() - t0, padded
 
 
+@contextlib.contextmanager
+def _one_piece_poisson_batches():
+    import client.dp_trainer as dpt
+
+    saved = dpt.micro_batches
+    dpt.micro_batches = lambda idx, lengths: [idx]
+    try:
+        yield
+    finally:
+        dpt.micro_batches = saved
+
+
 def run(h) -> dict:
     from client.dp_trainer import train_dp
     from client.trainer import Schedule, batches, encode, train
@@ -115,7 +128,8 @@ def run(h) -> dict:
     real_tokens = sum(len(x) for x in enc.ids)
     plain = _plain_model(built.base, built, len(names))
 
-    best = {k: 0.0 for k in ("fedtune", "plain_no_bucketing", "plain_bucketed", "dp", "non_dp")}
+    best = {k: 0.0 for k in ("fedtune", "plain_no_bucketing", "plain_bucketed", "dp", "dp_one_piece",
+                             "non_dp")}
     padded = {}
     for rep in range(reps):  # interleaved repeats, best kept: other load on the machine is noise
         h.say(f"  throughput repeat {rep + 1}/{reps}: fedtune, plain, plain+bucketing, DP ...")
@@ -137,6 +151,12 @@ def run(h) -> dict:
                       steps=steps, sample_rate=bs / n, noise_multiplier=1.0, max_grad_norm=1.0,
                       pad_id=pad)
         best["dp"] = max(best["dp"], dp["num_examples"] / (time.perf_counter() - t0))
+        with _one_piece_poisson_batches():  # the same DP step without micro-batching
+            t0 = time.perf_counter()
+            dp = train_dp(built.model, enc, cfg=tcfg, schedule=sched, rng=np.random.default_rng(rep),
+                          steps=steps, sample_rate=bs / n, noise_multiplier=1.0, max_grad_norm=1.0,
+                          pad_id=pad)
+            best["dp_one_piece"] = max(best["dp_one_piece"], dp["num_examples"] / (time.perf_counter() - t0))
     padded["fedtune"] = sum(len(g) * max(len(enc.ids[i]) for i in g) for g in groups)
 
     mm = matmul_gflops(0.3 if h.quick else 3.0)
@@ -151,7 +171,8 @@ def run(h) -> dict:
         "padding_efficiency": {k: real_tokens / v for k, v in padded.items()},
         "ratios": {"fedtune_over_plain": best["fedtune"] / best["plain_no_bucketing"],
                    "fedtune_over_plain_bucketed": best["fedtune"] / best["plain_bucketed"],
-                   "dp_over_non_dp": best["dp"] / best["non_dp"]},
+                   "dp_over_non_dp": best["dp"] / best["non_dp"],
+                   "dp_one_piece_over_non_dp": best["dp_one_piece"] / best["non_dp"]},
         "matmul": mm, "params_per_token": p_tok, "params_per_sample": p_cls,
         "mean_tokens": t_mean, "flops_per_sample_fwd": fwd, "flops_per_sample_train_x3": 3 * fwd,
         "machine_fraction_x3": util, "machine_fraction_x2": util * 2 / 3,
@@ -168,7 +189,10 @@ def table(res: dict) -> str:
              f"{p['plain_no_bucketing']:.2f} |",
              f"| plain PEFT loop + fedtune's bucketed batches | {s['plain_bucketed']:.1f} | "
              f"{p['plain_bucketed']:.2f} |",
-             f"| DP-SGD (train_dp, Poisson q={res['batch_size']}/{res['samples']}) | {s['dp']:.1f} | - |",
+             f"| DP-SGD (train_dp, Poisson q={res['batch_size']}/{res['samples']}, length-sorted "
+             f"micro-batches) | {s['dp']:.1f} | - |",
+             f"| DP-SGD, each Poisson batch in one piece (padded to its longest row) | "
+             f"{s.get('dp_one_piece', float('nan')):.1f} | - |",
              "", f"fedtune / plain = **{r['fedtune_over_plain']:.2f}x** (vs plain + bucketing "
              f"{r['fedtune_over_plain_bucketed']:.2f}x); DP / non-DP = **{r['dp_over_non_dp']:.2f}x**.",
              f"Matmul limit {res['matmul']['gflops']:.1f} GFLOP/s; model {res['params_per_token']:,} "
