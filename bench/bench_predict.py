@@ -31,10 +31,10 @@ from fedtune.predict import predict_file  # noqa: E402
 SHARED = ROOT.parent / "shared" / "data" / "banking77" / "train.csv"
 
 
-def held_out(run: Path, rows: int, out: Path) -> int:
+def held_out(run: Path, rows: int, out: Path, pool_file: Path) -> int:
     labels = json.loads((run / "adapter" / "labels.json").read_text(encoding="utf-8"))
     seen = set(pd.read_csv(ROOT / "data" / "banking77_demo.csv")["text"])
-    pool = pd.read_csv(SHARED)
+    pool = pd.read_csv(pool_file)
     pool = pool[~pool["text"].isin(seen) & pool["label"].isin(labels)].drop_duplicates("text")
     pool.sample(n=min(rows, len(pool)), random_state=0).to_csv(out, index=False)
     return min(rows, len(pool))
@@ -45,11 +45,13 @@ def main() -> None:
     ap.add_argument("--run", type=Path, required=True, help="a finished demo run directory")
     ap.add_argument("--rows", type=int, default=1000)
     ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--pool", type=Path, default=SHARED,
+                    help="Banking77 CSV to draw held-out queries from (default: shared/ beside the checkout)")
     args = ap.parse_args()
-    if not SHARED.is_file():
-        sys.exit(f"bench_predict: {SHARED} not found; fix: keep shared/ beside the checkout")
+    if not args.pool.is_file():
+        sys.exit(f"bench_predict: {args.pool} not found; fix: keep shared/ beside the checkout or pass --pool")
     tmp = Path(tempfile.mkdtemp(prefix="fedtune-predict-"))
-    n = held_out(args.run, args.rows, tmp / "held_out.csv")
+    n = held_out(args.run, args.rows, tmp / "held_out.csv", args.pool)
     export = export_run(args.run, out=tmp / "export", int8=True)
     res = {"run": str(args.run), "rows": n, "batch_size": args.batch_size,
            "torch_threads": torch.get_num_threads(), "export": export}
