@@ -163,14 +163,15 @@ def _load(base: str, task: str, num_labels: int):
 
 
 def build_model(cfg: ModelConfig, *, num_labels: int, seed: int = 0,
-                task: str | None = None) -> BuiltModel:
+                task: str | None = None, labels: list[str] | None = None) -> BuiltModel:
     """Base model + head + LoRA/full, with frozen layers/modules (model.freeze-layers/-modules).
 
     `task` picks the head: a causal LM (no new head, LoRA task CAUSAL_LM) for "causal-lm", else a
     sequence classifier with `num_labels` outputs (1 = regression). When `task` is None,
     num_labels=0 means causal-lm (a run with task.type=causal-lm has no label space).
     `seed` fixes the head's and LoRA's initialisation: every site and the coordinator build the
-    same starting point (the coordinator's initial arrays overwrite it anyway).
+    same starting point (the coordinator's initial arrays overwrite it anyway). `labels` (the
+    coordinator passes them) let model.head-init = label-names start the head from their names.
     """
     from transformers import AutoConfig
 
@@ -194,6 +195,14 @@ def build_model(cfg: ModelConfig, *, num_labels: int, seed: int = 0,
     if any(frozen(h) for h in heads):
         raise ModelError(f"model.freeze-modules freezes the new head {heads}: it starts random, so "
                          "it must train; remove the pattern that matches it")
+    if cfg.head_init == "label-names" and labels is not None:
+        if task != "classification":
+            raise ModelError(f"model.head-init = label-names applies to classification, not {task}: "
+                             "use model.head-init = random")
+        from common.headinit import init_head_from_label_names
+
+        init_head_from_label_names(model, getattr(model, heads[0]), tokenizer, labels,
+                                   max_length=cfg.max_length)
     if cfg.finetune == "lora":
         from peft import LoraConfig, get_peft_model
 

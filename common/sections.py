@@ -75,6 +75,9 @@ class ModelConfig:
     # lora | ffa (FFA-LoRA: A frozen at the shared seeded init, only B + head trained and sent —
     # exact aggregation, half the traffic, steadier under DP noise) | auto (ffa when privacy.dp)
     lora_variant: str = "auto"
+    # random | label-names: the coordinator starts the classification head from the base model's
+    # own embeddings of the label names (public; zero-shot before training; helps DP-SGD most)
+    head_init: str = "random"
 
     def __post_init__(self) -> None:
         _check(self.finetune in FINETUNE, "model.finetune", self.finetune, "use `lora` or `full`")
@@ -86,6 +89,8 @@ class ModelConfig:
         _check(self.freeze_layers >= 0, "model.freeze-layers", self.freeze_layers, "use 0 or more")
         _check(self.lora_variant in ("lora", "ffa", "auto"), "model.lora-variant", self.lora_variant,
                "use lora, ffa or auto")
+        _check(self.head_init in ("random", "label-names"), "model.head-init", self.head_init,
+               "use random or label-names")
 
 
 @dataclass

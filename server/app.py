@@ -55,7 +55,8 @@ def run(grid: Grid, cfg: RunConfig) -> dict:
     run_dir = RunDir(cfg.output.run_dir or f"runs/{time.strftime('%Y%m%d-%H%M%S')}", cfg)
     labels = cfg.task.label_names()
     num_labels = 1 if cfg.task.type == "regression" else len(labels)
-    built = build_model(cfg.model, num_labels=num_labels, seed=cfg.train.seed)
+    built = build_model(cfg.model, num_labels=num_labels, seed=cfg.train.seed,
+                        labels=labels if cfg.task.type == "classification" else None)
     model, base_sha = built.model, model_fingerprint(built.base)
     exclude = FFA_FROZEN if cfg.ffa else ()  # FFA-LoRA: A never travels
     initial = get_state(model, exclude=exclude)
