@@ -30,7 +30,7 @@ def _tuner(cfg: RunConfig, labels: list[str]):
     return FineTuner(base_model=m.base or None, labels=labels).set_params(
         max_length=m.max_length, finetune=m.finetune, lora_r=m.lora_r, lora_alpha=m.lora_alpha,
         lora_dropout=m.lora_dropout, target_modules=m.target_modules, freeze_layers=m.freeze_layers,
-        epochs=int(epochs), verbose=False, **train)
+        head_init=m.head_init, epochs=int(epochs), verbose=False, **train)
 
 
 def _texts(frames: list, labels: list[str]) -> tuple[list[str], list[str]]:

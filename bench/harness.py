@@ -26,9 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 # name -> (data file, rows, sites, partition, rounds, local epochs, max length)
 FULL = {
     "banking77": dict(data="data/banking77_demo.csv", rows=2000, sites=5, partition="dirichlet:0.5",
-                      rounds=3, local_epochs=1.0, max_length=64),
+                      rounds=3, local_epochs=1.0, max_length=64, head_init="label-names"),
     "medical": dict(data="data/medical_abstracts_subset.csv", rows=1500, sites=3,
-                    partition="dirichlet:0.5", rounds=2, local_epochs=0.5, max_length=128),
+                    partition="dirichlet:0.5", rounds=2, local_epochs=0.5, max_length=128,
+                    head_init="label-names"),
     # many tiny sites: synthetic keyword texts (30 rows a site, 5 labels) so every site has a test split
     "scale": dict(data="synthetic:5", rows=3000, sites=100, partition="iid", rounds=2,
                   local_epochs=1.0, max_length=32),
@@ -90,6 +91,8 @@ class Harness:
                 f"simulation.partition={spec['partition']}", f"federation.rounds={spec['rounds']}",
                 f"train.local-epochs={spec['local_epochs']}", f"model.max-length={spec['max_length']}",
                 f"federation.evaluate-every={spec['rounds']}"]  # evaluate the final adapter only
+        if spec.get("head_init"):
+            base.append(f"model.head-init={spec['head_init']}")
         if self.base:
             base.append(f"model.base={self.base}")
         return base + list(extra)

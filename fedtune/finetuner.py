@@ -137,7 +137,8 @@ class FineTuner:
                               "give the same positive number of each")
         self._fix_labels(list(train_labels) + list(val_labels or []))
         cfg, seed = self.train_cfg, self.train_cfg.seed
-        built = build_model(self.model_cfg, num_labels=self._num_outputs, seed=seed)
+        built = build_model(self.model_cfg, num_labels=self._num_outputs, seed=seed,
+                            labels=self.label_names if self.task_type == "classification" else None)
         self.model, self.tokenizer = built.model, built.tokenizer
         self._base = built.base
         pad = self.tokenizer.pad_token_id or 0
