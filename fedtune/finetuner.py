@@ -37,7 +37,7 @@ from common.model import build_model, model_fingerprint
 
 TASK_TYPES = ("classification", "regression")
 _MODEL_PARAMS = ("max_length", "finetune", "lora_r", "lora_alpha", "lora_dropout", "target_modules",
-                 "freeze_layers", "freeze_modules")
+                 "freeze_layers", "freeze_modules", "head_init")
 _TRAIN_PARAMS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "local_epochs")
 _OWN_PARAMS = {"epochs": 5, "patience": 2, "verbose": True}  # early stopping on the val split
 

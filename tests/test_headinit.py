@@ -45,3 +45,15 @@ def test_head_init_is_validated(tiny_model_dir):
     cfg = ModelConfig(base=str(tiny_model_dir), lora_r=4, head_init="label-names")
     with pytest.raises(ModelError, match="one row per label"):
         build_model(cfg, num_labels=len(LABELS), seed=0, labels=LABELS[:3])
+
+
+def test_finetuner_takes_head_init(tiny_model_dir):
+    from fedtune import FineTuner
+
+    tuner = FineTuner(base_model=str(tiny_model_dir), labels=LABELS).set_params(
+        head_init="label-names", lora_r=4, epochs=1, verbose=False, batch_size=8,
+        learning_rate=1e-9, head_learning_rate=1e-9, warmup_ratio=0.0)  # keep the starting head
+    texts = [f"{w} {w}" for w in LABELS] * 3
+    tuner.fit(texts, [w for w in LABELS] * 3, texts[:6], LABELS[:6])
+    assert tuner.model_cfg.head_init == "label-names"
+    assert tuner.evaluate(LABELS, LABELS)["accuracy"] == 1.0  # each label name as itself
