@@ -31,6 +31,12 @@ from fedtune.predict import predict_file  # noqa: E402
 SHARED = ROOT.parent / "shared" / "data" / "banking77" / "train.csv"
 
 
+def _rel(path) -> str:
+    """A path inside the checkout as a relative one (results name no machine's paths)."""
+    p = Path(path).resolve()
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else p.name
+
+
 def held_out(run: Path, rows: int, out: Path, pool_file: Path) -> int:
     labels = json.loads((run / "adapter" / "labels.json").read_text(encoding="utf-8"))
     seen = set(pd.read_csv(ROOT / "data" / "banking77_demo.csv")["text"])
@@ -53,8 +59,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="fedtune-predict-"))
     n = held_out(args.run, args.rows, tmp / "held_out.csv", args.pool)
     export = export_run(args.run, out=tmp / "export", int8=True)
-    res = {"run": str(args.run), "rows": n, "batch_size": args.batch_size,
-           "torch_threads": torch.get_num_threads(), "export": export}
+    res = {"run": _rel(args.run), "rows": n, "batch_size": args.batch_size,
+           "torch_threads": torch.get_num_threads(),
+           "export": {k: _rel(v) if k in ("source_run", "base_model") else v for k, v in export.items()}}
     for name, model_dir in (("fp32", tmp / "export"), ("int8", tmp / "export" / "int8")):
         best = None
         for _ in range(2):  # best of two: the first pass also warms caches
@@ -72,7 +79,7 @@ def main() -> None:
                      "accuracy_points": 100 * (q["accuracy"] - fp["accuracy"]),
                      "size_ratio": q["model_bytes"] / fp["model_bytes"] if fp["model_bytes"] else None}
     lines = [f"{n} held-out Banking77 queries (not in the demo data), batch {args.batch_size}, "
-             f"{res['torch_threads']} torch threads, best of 2; run `{args.run}`", "",
+             f"{res['torch_threads']} torch threads, best of 2; run `{res['run']}`", "",
              "| model | accuracy | rows/s | ms / row | weights on disk |", "|---|---:|---:|---:|---:|"]
     for name in ("fp32", "int8"):
         r = res[name]
