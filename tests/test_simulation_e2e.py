@@ -115,3 +115,34 @@ def test_stock_peft_reproduces_site_metrics(sim_run, tiny_model_dir):
 def test_no_process_left_behind(sim_run):
     out, _, _ = sim_run
     assert _flower_processes(str(out / ".flwr")) == []
+
+
+def test_sigterm_stops_flower_processes(tmp_path, tiny_model_dir):
+    """`kill PID` of a running `fedtune simulate` must not leave its SuperLink or nodes behind."""
+    import signal
+    import time
+
+    texts, labels = make_texts(200, 4)
+    import pandas as pd
+
+    pd.DataFrame({"text": texts, "label": labels}).to_csv(tmp_path / "pooled.csv", index=False)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "fedtune.cli", "simulate", "--out", str(out)]
+    for s in [f"model.base={tiny_model_dir}", f"simulation.data={tmp_path / 'pooled.csv'}",
+              "simulation.sites=2", "federation.rounds=50", "model.max-length=32"]:
+        cmd += ["--set", s]
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker = str(out / ".flwr")
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not (out / "metrics.jsonl").is_file():
+            time.sleep(1)  # the federation is running (a round has finished)
+        assert _flower_processes(marker), "no Flower process was started"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) != 0
+        time.sleep(2)
+        assert _flower_processes(marker) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
