@@ -99,7 +99,9 @@ class Federation:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
-        deadline = time.monotonic() + 10
+        # An orphaned flwr-clientapp (its SuperNode was SIGKILLed) exits by itself once its parent
+        # monitor runs, which starts only after its imports: allow a slow, loaded machine time.
+        deadline = time.monotonic() + 60
         while _marked(self.marker) and time.monotonic() < deadline:
             time.sleep(0.5)
         left = _marked(self.marker)
