@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config import TASKS, RunConfig
-from common.errors import ConfigError, FedtuneError
+from common.errors import REFUSED, ConfigError, FedtuneError
 
 KEYS = ("max-epsilon", "base-model-sha256", "task-types", "share-metrics", "min-rows",
         "privacy-budget")
@@ -44,7 +44,11 @@ NODE_KEYS = ("policy-file", "policy-max-epsilon", "policy-base-sha256", "policy-
 
 
 class PolicyViolation(FedtuneError, RuntimeError):
-    """A run asks for something the site's policy does not allow; the site refuses to train."""
+    """A run asks for something the site's policy does not allow; the site refuses to train.
+    Raise it with `public=` naming the rule and the fix, never a value (common/errors.py)."""
+
+    code = REFUSED
+    public = "refused by the site's policy; the site's operator sees which rule in the site's log"
 
 
 @dataclass(frozen=True)
