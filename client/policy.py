@@ -8,6 +8,13 @@ The site writes a TOML file (never sent to the coordinator) with top-level keys:
     share-metrics = true               # false: replies carry only num-examples, no accuracy/loss
     min-rows = 200                     # refuse to train on fewer training rows than this
     privacy-budget = 10.0              # this site's lifetime epsilon cap (client/privacy.py); omit: the run's
+    max-delta = 1e-5                   # refuse a DP run whose privacy.delta is larger (always: delta < 1/n)
+    require-scrub = true               # the run may not switch data.scrub-pii off (default true)
+    allow-augment-under-dp = false     # augmented copies multiply a person's records (default false)
+    max-rounds-per-run = 10            # refuse runs with more federation.rounds (0 = no cap, default)
+    allow-full-finetune = true         # false: refuse model.finetune = "full" (default true)
+    secagg-min-cohort = 3              # SecAgg+: fewest sites in a masked round (client/secagg.py)
+    secagg-min-threshold = 0.5         # SecAgg+: reconstruction threshold must be > this x cohort
 
 `fedtune site start --policy FILE` validates it once and hands the values to the ClientApp as
 node config (flat scalars, since Flower's node config allows nothing else):
@@ -19,6 +26,12 @@ node config (flat scalars, since Flower's node config allows nothing else):
     policy-share-metrics  bool
     policy-min-rows       int
     privacy-budget        float  (only when set) the key client/site.py reads for the ledger's cap
+    policy-max-delta      float  (only when set)
+    policy-require-scrub, policy-allow-augment-under-dp, policy-allow-full-finetune   bool
+    policy-max-rounds-per-run  int;  policy-secagg-min-cohort  int;  policy-secagg-min-threshold float
+
+`site_policy(node_config)` is the policy to apply: the file's, or the safe defaults above when
+the site gave none (the privacy rules hold even at a site without a policy file).
 
 The ClientApp calls `enforce_policy(context.node_config, cfg, rows=...)` at the top of every
 handler; a refused run raises `PolicyViolation`, which Flower returns to the coordinator as the
@@ -37,10 +50,18 @@ from typing import Any
 from common.config import TASKS, RunConfig
 from common.errors import REFUSED, ConfigError, FedtuneError
 
+from client.policy_rules import privacy_rules
+
 KEYS = ("max-epsilon", "base-model-sha256", "task-types", "share-metrics", "min-rows",
-        "privacy-budget")
+        "privacy-budget", "max-delta", "require-scrub", "allow-augment-under-dp",
+        "max-rounds-per-run", "allow-full-finetune", "secagg-min-cohort", "secagg-min-threshold")
+# file key -> (SitePolicy field, type) of the scalar keys that travel as `policy-<key>`
+SCALARS = {"require-scrub": ("require_scrub", bool), "allow-augment-under-dp": ("allow_augment_under_dp", bool),
+           "max-rounds-per-run": ("max_rounds_per_run", int), "allow-full-finetune": ("allow_full_finetune", bool),
+           "secagg-min-cohort": ("secagg_min_cohort", int), "secagg-min-threshold": ("secagg_min_threshold", float)}
 NODE_KEYS = ("policy-file", "policy-max-epsilon", "policy-base-sha256", "policy-task-types",
-             "policy-share-metrics", "policy-min-rows")
+             "policy-share-metrics", "policy-min-rows", "policy-max-delta",
+             *(f"policy-{k}" for k in SCALARS))
 
 
 class PolicyViolation(FedtuneError, RuntimeError):
@@ -61,6 +82,13 @@ class SitePolicy:
     share_metrics: bool = True
     min_rows: int = 0
     privacy_budget: float | None = None  # lifetime epsilon cap of this site's ledger
+    max_delta: float | None = None  # None: only the rule delta < 1/n
+    require_scrub: bool = True  # a run cannot switch PII scrubbing off at this site
+    allow_augment_under_dp: bool = False  # augmented copies are the same person: off under DP
+    max_rounds_per_run: int = 0  # 0 = no cap beyond the run's plan
+    allow_full_finetune: bool = True
+    secagg_min_cohort: int = 3  # enforced by client/secagg.py
+    secagg_min_threshold: float = 0.5  # SecAgg+ threshold must be > this fraction of the cohort
     source: str = ""  # the policy file, named in every message
     site: str = ""
 
@@ -82,6 +110,18 @@ class SitePolicy:
         if self.privacy_budget is not None and not self.privacy_budget > 0:
             raise ConfigError(f"{where}: privacy-budget = {self.privacy_budget!r} must be > 0 "
                               "(e.g. 10.0); omit it to take the run's privacy.budget")
+        if self.max_delta is not None and not 0 < self.max_delta < 1:
+            raise ConfigError(f"{where}: max-delta = {self.max_delta!r} must be in (0, 1), e.g. 1e-5; "
+                              "omit it to keep only the rule delta < 1/n")
+        if self.max_rounds_per_run < 0:
+            raise ConfigError(f"{where}: max-rounds-per-run = {self.max_rounds_per_run} must be 0 (no cap) "
+                              "or more")
+        if self.secagg_min_cohort < 2:
+            raise ConfigError(f"{where}: secagg-min-cohort = {self.secagg_min_cohort} must be 2 or more "
+                              "(a masked sum over one site is that site's update); e.g. 3")
+        if not 0 < self.secagg_min_threshold < 1:
+            raise ConfigError(f"{where}: secagg-min-threshold = {self.secagg_min_threshold!r} must be a "
+                              "fraction in (0, 1), e.g. 0.5 (threshold strictly above half the cohort)")
 
     def to_node_config(self) -> dict[str, Any]:
         """The flat node-config keys (see the module docstring)."""
@@ -92,6 +132,10 @@ class SitePolicy:
             out["policy-max-epsilon"] = float(self.max_epsilon)
         if self.privacy_budget is not None:
             out["privacy-budget"] = float(self.privacy_budget)
+        if self.max_delta is not None:
+            out["policy-max-delta"] = float(self.max_delta)
+        for key, (field, _) in SCALARS.items():
+            out[f"policy-{key}"] = getattr(self, field)
         return out
 
 
@@ -118,8 +162,11 @@ def policy_from_dict(values: dict[str, Any], *, source: str = "", site: str = ""
     for key in values:
         if key not in KEYS:
             raise ConfigError(f"{where}: unknown key `{key}`; valid keys: {', '.join(KEYS)}")
-    eps, budget = values.get("max-epsilon"), values.get("privacy-budget")
-    return SitePolicy(
+    eps, budget, delta = values.get("max-epsilon"), values.get("privacy-budget"), values.get("max-delta")
+    scalars = {field: _typed(where, key, values[key], typ) for key, (field, typ) in SCALARS.items()
+               if key in values}
+    return SitePolicy(**scalars,
+        max_delta=None if delta is None else _typed(where, "max-delta", delta, float),
         max_epsilon=None if eps is None else _typed(where, "max-epsilon", eps, float),
         base_sha256=_strings(where, "base-model-sha256", values.get("base-model-sha256", [])),
         task_types=_strings(where, "task-types", values.get("task-types", [])),
@@ -157,7 +204,28 @@ def policy_from_node_config(node_config: dict[str, Any]) -> SitePolicy | None:
         values["max-epsilon"] = float(node_config["policy-max-epsilon"])
     if "privacy-budget" in node_config:
         values["privacy-budget"] = float(node_config["privacy-budget"])
+    if "policy-max-delta" in node_config:
+        values["max-delta"] = float(node_config["policy-max-delta"])
+    for key, (_, typ) in SCALARS.items():
+        if f"policy-{key}" in node_config:
+            raw = node_config[f"policy-{key}"]
+            values[key] = _flag(raw) if typ is bool else typ(raw)
     return policy_from_dict(values, source=src, site=str(node_config.get("site-name", "")))
+
+
+def _flag(raw: Any) -> bool:
+    """Node-config booleans may arrive as bool or as the strings true/false."""
+    if isinstance(raw, str):
+        if raw.strip().lower() not in ("true", "false"):
+            raise ConfigError(f"node config: {raw!r} is not a boolean; write true or false")
+        return raw.strip().lower() == "true"
+    return bool(raw)
+
+
+def site_policy(node_config: dict[str, Any]) -> SitePolicy:
+    """The policy to apply at this site: the one in its node config, or the safe defaults (scrub
+    required, no augmentation under DP, delta < 1/n, SecAgg+ cohort >= 3) when it has none."""
+    return policy_from_node_config(node_config) or SitePolicy(site=str(node_config.get("site-name", "")))
 
 
 def run_epsilon(cfg: RunConfig) -> float | None:
@@ -197,8 +265,12 @@ def check_policy(policy: SitePolicy, cfg: RunConfig, *, base_fingerprint: str,
     if rows is not None and rows < policy.min_rows:
         problems.append(f"the site has {rows} training rows, fewer than min-rows = {policy.min_rows}: "
                         "the site does not train on so little data (add data or lower min-rows)")
+    rules = privacy_rules(policy, cfg, rows)
+    problems += [text for text, _ in rules]
     if problems:
-        raise PolicyViolation(f"{who} refuses this run ({src}): " + "; ".join(problems))
+        # only privacy rules broken: the first one's fixed reason crosses the wire
+        public = rules[0][1] if rules and len(rules) == len(problems) else None
+        raise PolicyViolation(f"{who} refuses this run ({src}): " + "; ".join(problems), public=public)
 
 
 def redact_metrics(policy: SitePolicy | None, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -227,10 +299,11 @@ def base_fingerprint(cfg: RunConfig) -> str:
 
 
 def enforce_policy(node_config: dict[str, Any], cfg: RunConfig, *,
-                   rows: int | None = None) -> SitePolicy | None:
-    """The ClientApp's one call: load the node's policy (if any) and refuse a violating run."""
-    policy = policy_from_node_config(node_config)
-    if policy is not None:
-        check_policy(policy, cfg, base_fingerprint=base_fingerprint(cfg) if policy.base_sha256 else "",
-                     rows=rows)
+                   rows: int | None = None) -> SitePolicy:
+    """The ClientApp's one call: load the node's policy (or the safe defaults) and refuse a
+    violating run. `rows`: the site's distinct training records (Site.records(), before any
+    augmentation copies), checked against min-rows and delta < 1/n."""
+    policy = site_policy(node_config)
+    check_policy(policy, cfg, base_fingerprint=base_fingerprint(cfg) if policy.base_sha256 else "",
+                 rows=rows)
     return policy

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from client.policy import (PolicyViolation, SitePolicy, check_policy, enforce_policy, load_policy,
-                           policy_from_node_config, redact_metrics, run_epsilon)
+                           policy_from_node_config, redact_metrics, run_epsilon,
+                           site_policy)
 from common.config import resolve
 from common.errors import ConfigError, FedtuneError
 from common.model import model_fingerprint
@@ -28,14 +29,72 @@ def test_example_policy_loads_and_round_trips_through_node_config():
     assert all(isinstance(v, (str, int, float, bool)) for v in node.values())  # Flower: scalars only
     back = policy_from_node_config({**node, "site-name": "bank-a"})
     assert back.site == "bank-a"
-    assert (back.max_epsilon, back.base_sha256, back.task_types, back.share_metrics, back.min_rows,
-            back.privacy_budget) == (policy.max_epsilon, policy.base_sha256, policy.task_types,
-                                     policy.share_metrics, policy.min_rows, policy.privacy_budget)
+    assert back == SitePolicy(**{**policy.__dict__, "site": "bank-a"})
 
 
-def test_no_policy_keys_means_no_policy():
+def test_no_policy_keys_means_safe_defaults():
     assert policy_from_node_config({"data-path": "/x.csv", "site-name": "a"}) is None
-    assert enforce_policy({"data-path": "/x.csv"}, resolve()) is None
+    default = site_policy({"data-path": "/x.csv", "site-name": "a"})
+    assert default == SitePolicy(site="a")
+    assert (default.require_scrub, default.allow_augment_under_dp, default.max_delta,
+            default.secagg_min_cohort, default.secagg_min_threshold) == (True, False, None, 3, 0.5)
+    assert enforce_policy({"data-path": "/x.csv"}, resolve()) == SitePolicy()
+
+
+def test_privacy_and_secagg_keys_round_trip_through_node_config(tmp_path):
+    policy = load_policy(_write(tmp_path, "max-delta = 1e-6\nrequire-scrub = false\n"
+                                "allow-augment-under-dp = true\nmax-rounds-per-run = 4\n"
+                                "allow-full-finetune = false\nsecagg-min-cohort = 5\n"
+                                "secagg-min-threshold = 0.6\n"))
+    node = policy.to_node_config()
+    assert all(isinstance(v, (str, int, float, bool)) for v in node.values())
+    back = policy_from_node_config(node)
+    assert back == policy
+    assert (back.max_delta, back.require_scrub, back.allow_augment_under_dp, back.max_rounds_per_run,
+            back.allow_full_finetune, back.secagg_min_cohort, back.secagg_min_threshold) == (
+        1e-6, False, True, 4, False, 5, 0.6)
+    # Flower may hand a string boolean; a junk one is an error, never "true"
+    assert policy_from_node_config({**node, "policy-require-scrub": "true"}).require_scrub is True
+    with pytest.raises(ConfigError, match="not a boolean"):
+        policy_from_node_config({**node, "policy-require-scrub": "yes"})
+
+
+@pytest.mark.parametrize("text, match", [
+    ("max-delta = 1.5\n", "max-delta"), ("max-rounds-per-run = -1\n", "max-rounds-per-run"),
+    ("secagg-min-cohort = 1\n", "secagg-min-cohort"),
+    ("secagg-min-threshold = 1.0\n", "secagg-min-threshold"),
+    ("require-scrub = \"no\"\n", "require-scrub"),
+])
+def test_bad_privacy_keys_name_the_key(tmp_path, text, match):
+    with pytest.raises(ConfigError, match=match):
+        load_policy(_write(tmp_path, text))
+
+
+@pytest.mark.parametrize("overrides, policy, rule", [
+    (["data.scrub-pii=false"], SitePolicy(), "require-scrub"),
+    (["privacy.dp=true", "data.augment=swap:0.1", "data.augment-copies=3"], SitePolicy(),
+     "allow-augment-under-dp"),
+    (["privacy.dp=true", "privacy.delta=0.001"], SitePolicy(max_delta=1e-5), "max-delta"),
+    (["privacy.dp=true", "privacy.delta=0.5"], SitePolicy(), "delta-below-one-over-n"),
+    (["federation.rounds=9"], SitePolicy(max_rounds_per_run=4), "max-rounds-per-run"),
+    (["model.finetune=full"], SitePolicy(allow_full_finetune=False), "allow-full-finetune"),
+])
+def test_privacy_rules_refuse_with_a_fixed_public_reason(overrides, policy, rule):
+    """Scenario 4 and 8: delta, scrubbing, augmentation, rounds and full fine-tuning are the
+    site's decisions; the run config cannot override them."""
+    cfg = resolve(None, overrides)
+    with pytest.raises(PolicyViolation) as err:
+        check_policy(policy, cfg, base_fingerprint="", rows=10**6 if rule == "max-delta" else 1000)
+    assert rule in str(err.value) or rule in err.value.public
+    assert f"rule {rule}" in err.value.public and not any(c.isdigit() for c in err.value.public)
+
+
+def test_site_may_allow_what_the_defaults_refuse():
+    cfg = resolve(None, ["data.scrub-pii=false", "privacy.dp=true", "data.augment=swap:0.1"])
+    check_policy(SitePolicy(require_scrub=False, allow_augment_under_dp=True), cfg,
+                 base_fingerprint="", rows=1000)
+    check_policy(SitePolicy(), resolve(None, ["privacy.dp=true", "privacy.delta=0.0001"]),
+                 base_fingerprint="", rows=1000)
 
 
 @pytest.mark.parametrize("text, match", [
