@@ -153,6 +153,10 @@ class FederationConfig:
     clip_norm: float = 1.0  # norm-clip: every site's update is clipped to this L2 norm
     max_norm_factor: float = 10.0  # reject an update whose norm exceeds this x the others' median; 0 = off
     max_examples: int = 10_000_000  # reject replies claiming more examples than this
+    # absolute bound on one site's update norm (works with any number of sites); 0 = off
+    max_update_norm: float = 0.0
+    # how sites' updates are weighted: examples (FedAvg, by the bounded num-examples) | uniform
+    weighting: str = "examples"
     # Early stopping on the weighted validation metric; 0 = off
     early_stopping_patience: int = 0
     early_stopping_min_delta: float = 0.0
@@ -183,6 +187,10 @@ class FederationConfig:
         _check(self.max_norm_factor >= 0, "federation.max-norm-factor", self.max_norm_factor,
                "use 0 (off) or a factor such as 10")
         _check(self.max_examples >= 1, "federation.max-examples", self.max_examples, "use 1 or more")
+        _check(self.max_update_norm >= 0, "federation.max-update-norm", self.max_update_norm,
+               "use 0 (off) or a positive norm, e.g. 10")
+        _check(self.weighting in ("examples", "uniform"), "federation.weighting", self.weighting,
+               "use examples or uniform")
         _check(self.early_stopping_patience >= 0, "federation.early-stopping-patience",
                self.early_stopping_patience, "use 0 (off) or a number of rounds")
         _check(self.early_stopping_metric in ("loss", "accuracy", "macro_f1", "rmse", "mae"),

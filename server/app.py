@@ -20,6 +20,7 @@ from server.rundir import RunDir, format_round
 from server.secagg import run_secagg
 from server.stopping import EarlyStopping
 from server.compress import Decompressing
+from server.identity import SiteIdentity
 from server.strategy import Recorded, server_dp_epsilon
 
 app = ServerApp()
@@ -69,7 +70,8 @@ def run(grid: Grid, cfg: RunConfig) -> dict:
     strategy = Recorded(build_aggregator(cfg, num_sites=num_sites),
                         evaluate_every=fed.evaluate_every, num_rounds=fed.rounds,
                         min_sites=fed.min_sites, max_norm_factor=fed.max_norm_factor,
-                        max_examples=fed.max_examples)
+                        max_examples=fed.max_examples, max_update_norm=fed.max_update_norm,
+                        weighting=fed.weighting, identity=SiteIdentity.from_env())
     # Compressed updates are decoded before anything else looks at them (validation included).
     outer = Decompressing(strategy) if cfg.compression.mode != "none" else strategy
     stopper = EarlyStopping(patience=fed.early_stopping_patience,

@@ -18,35 +18,33 @@ from flwr.serverapp.strategy import Strategy
 
 from common.compress import decode, is_compressed
 from common.errors import ModelError
+from server.identity import SiteIdentity
 
 REJECTED = 454  # Error code: a compressed update failed its checks at the coordinator
 
 
-def _site(msg: Message) -> str:
-    if msg.has_content() and "site" in msg.content:
-        return str(msg.content["site"]["name"])
-    return f"node-{msg.metadata.src_node_id}"
-
-
-def decompress_reply(msg: Message, sent: dict[str, np.ndarray]) -> tuple[Message, int | None]:
+def decompress_reply(msg: Message, sent: dict[str, np.ndarray], *,
+                     name: str | None = None) -> tuple[Message, int | None]:
     """(reply with full float32 arrays = sent + decoded update, bytes its compressed arrays took);
     an uncompressed reply comes back unchanged with None; a bad payload comes back as an error
     reply (same metadata) that names the site and the key."""
-    if msg.has_error() or len(msg.content.array_records) != 1:
-        return msg, None
-    name, record = next(iter(msg.content.array_records.items()))
-    if not is_compressed(record.keys()):
-        return msg, None
     try:
+        if msg.has_error() or len(msg.content.array_records) != 1:
+            return msg, None
+        key, record = next(iter(msg.content.array_records.items()))
+        if not is_compressed(record.keys()):
+            return msg, None
         update = decode({k: a.numpy() for k, a in record.items()},
                         template_shapes={k: v.shape for k, v in sent.items()})
-    except ModelError as err:
-        reason = f"{_site(msg)}: compressed update rejected at the coordinator: {err}"
+        content = RecordDict(dict(msg.content.items()))
+        content[key] = ArrayRecord({
+            k: Array((sent[k].astype(np.float32) + d.numpy()).astype(np.float32))
+            for k, d in update.items()})
+    except Exception as err:  # noqa: BLE001 - any bad payload rejects this reply only
+        why = err if isinstance(err, ModelError) else f"{type(err).__name__}: {str(err)[:160]}"
+        reason = (f"{name or f'node-{msg.metadata.src_node_id}'}: compressed update rejected at "
+                  f"the coordinator: {why}")
         return Message(error=Error(code=REJECTED, reason=reason), metadata=msg.metadata), None
-    content = RecordDict(dict(msg.content.items()))
-    content[name] = ArrayRecord({
-        k: Array((sent[k].astype(np.float32) + d.numpy()).astype(np.float32))
-        for k, d in update.items()})
     return Message(content=content, metadata=msg.metadata), record.count_bytes()
 
 
@@ -58,6 +56,8 @@ class Decompressing(Strategy):
 
     def __init__(self, inner: Strategy):
         self.inner = inner
+        # Recorded's identity (names by enrolled node id), else first-come self-reported names
+        self.identity = getattr(inner, "identity", None) or SiteIdentity()
         self.sent: dict[str, np.ndarray] = {}
         self.wire_bytes: dict[str, int] = {}
 
@@ -72,9 +72,10 @@ class Decompressing(Strategy):
 
     def decompress(self, msg: Message) -> Message:
         """The reply with its compressed arrays replaced by full ones (or an error reply)."""
-        out, nbytes = decompress_reply(msg, self.sent)
+        name = self.identity.name(msg)
+        out, nbytes = decompress_reply(msg, self.sent, name=name)
         if nbytes is not None:
-            self.wire_bytes[_site(msg)] = nbytes
+            self.wire_bytes[name] = nbytes
         return out
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):

@@ -41,6 +41,7 @@ from common.adapter import save_adapter, set_state, state_nbytes
 from common.config import RunConfig
 from common.errors import ConfigError
 from common.model import count_trainable
+from server.identity import SiteIdentity
 from server.rundir import RunDir, atomic_write, format_round
 from server.strategy import RoundLog, _failure
 
@@ -168,7 +169,7 @@ class SecAggFedAvg(FedAvg):
         fed = cfg.federation
         self.cfg, self.run_dir, self.grid = cfg, run_dir, grid
         self.state = OrderedDict(initial)
-        self.names: dict[int, str] = {}  # node id -> site name, as each site states it
+        self.identity = SiteIdentity.from_env()  # node id -> enrolled name (not the claim)
         self.log = RoundLog(round=0)
         super().__init__(
             fraction_fit=fed.fraction_train, fraction_evaluate=1.0,
@@ -179,7 +180,7 @@ class SecAggFedAvg(FedAvg):
             on_evaluate_config_fn=lambda r: {"server-round": r, "split": "test"})
 
     def _name(self, node_id: int) -> str:
-        return self.names.get(node_id, f"node-{node_id}")
+        return self.identity.name_for(node_id)
 
     def configure_fit(self, server_round, parameters, client_manager):
         self.log = RoundLog(round=server_round)
@@ -191,8 +192,7 @@ class SecAggFedAvg(FedAvg):
         self.grid.rows.append({"round": server_round, "event": "aggregate_fit",
                                "results": len(results), "distinct_parameters": len(distinct)})
         for proxy, res in results:
-            name = str(res.metrics.get("site", f"node-{proxy.node_id}"))
-            self.names[proxy.node_id] = name
+            name = self.identity.name_for(proxy.node_id, res.metrics.get("site"))
             # privacy accounting only; num-examples is hidden (1) under SecAgg: plain mean
             self.log.train[name] = {**_metrics(res.metrics), "num-examples": 1.0}
         if len(results) < self.cfg.federation.min_sites:
@@ -222,8 +222,7 @@ class SecAggFedAvg(FedAvg):
 
     def aggregate_evaluate(self, server_round, results, failures):
         for proxy, res in results:
-            name = str(res.metrics.get("site", f"node-{proxy.node_id}"))
-            self.names[proxy.node_id] = name
+            name = self.identity.name_for(proxy.node_id, res.metrics.get("site"))
             self.log.evaluate[name] = {**_metrics(res.metrics), "num-examples": res.num_examples}
         self._finish()
         return super().aggregate_evaluate(server_round, results, failures)

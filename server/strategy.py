@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
@@ -24,6 +24,7 @@ from flwr.serverapp.strategy import (
 
 from common.config import RunConfig
 from server.fastagg import Accumulator
+from server.identity import SiteIdentity
 
 
 def build_strategy(cfg: RunConfig, *, num_sites: int) -> Strategy:
@@ -80,23 +81,33 @@ class RoundLog:
     incomplete: bool = False  # fewer than min-sites valid updates: the round is retried
 
 
-def _site_name(msg: Message) -> str:
-    if msg.has_content() and "site" in msg.content:
-        return str(msg.content["site"]["name"])
-    return f"node-{msg.metadata.src_node_id}"
-
-
 def _failure(name: str, reason: str, *, phase: str = "train") -> str:
-    """A site's refusal names the site itself ("site-1 refused: ..."); other errors get the node."""
-    reason = (reason or "unknown error").strip()
-    if " refused: " in reason.split("\n", 1)[0]:
-        return reason.splitlines()[0]
+    """A site's refusal names the site itself ("site-1 refused: ..."); other errors get the node.
+    `name` is the coordinator's name for the sender; a reason naming someone else is prefixed."""
+    reason = (reason or "unknown error").strip() or "unknown error"
+    first = reason.splitlines()[0]
+    if first.startswith(f"{name} refused: "):
+        return first
+    if " refused: " in first:  # names another site than the one that sent it: keep ours first
+        return f"{name} ({phase}): {first}"
     return f"{name} ({phase}): {reason.splitlines()[-1] if reason else reason}"
 
 
-def _metric_dict(msg: Message) -> dict[str, float]:
-    rec = next(iter(msg.content.metric_records.values()), MetricRecord())
-    return {k: float(v) for k, v in rec.items() if not isinstance(v, list)}
+def _failure_reason(msg: Message) -> str:
+    try:
+        return str(msg.error.reason)[:2000]
+    except Exception:  # noqa: BLE001 - a reply's error frame is input like any other
+        return "unreadable error reply"
+
+
+def _canonical(msg: Message, *, metrics: dict, weight: float, arrays: ArrayRecord | None) -> None:
+    """Replace a checked reply's content by exactly what the strategy needs: its one ArrayRecord
+    and its numeric metrics with num-examples set to the weight it may have. Nothing else a site
+    put in its reply (record names, extra records) reaches Flower's aggregation."""
+    content = {"metrics": MetricRecord({**metrics, "num-examples": weight})}
+    if arrays is not None:
+        content["arrays"] = arrays
+    msg.content = RecordDict(content)
 
 
 def _common_metric_keys(replies: list[Message]) -> None:
@@ -120,8 +131,13 @@ class Recorded(Strategy):
 
     def __init__(self, inner: Strategy, *, evaluate_every: int = 1, num_rounds: int = 1,
                  min_sites: int = 1, max_norm_factor: float = 10.0,
-                 max_examples: int = 10_000_000):
+                 max_examples: int = 10_000_000, max_update_norm: float = 0.0,
+                 weighting: str = "examples", identity: SiteIdentity | None = None):
         self.inner = inner
+        self.max_update_norm = max_update_norm
+        self.weighting = weighting
+        # who sent a reply: the enrolled name for its Flower node id, never its own claim
+        self.identity = identity if identity is not None else SiteIdentity()
         self.evaluate_every = evaluate_every
         self.num_rounds = num_rounds
         self.min_sites = min_sites
@@ -141,6 +157,7 @@ class Recorded(Strategy):
                         grid: Grid) -> Iterable[Message]:
         server_round += self.offset
         self.rounds[server_round] = RoundLog(round=server_round)  # a retried round starts afresh
+        self.identity.refresh()
         self.current = Accumulator.from_record(arrays)
         return self.inner.configure_train(server_round, arrays, config, grid)
 
@@ -154,25 +171,32 @@ class Recorded(Strategy):
         fast = type(self.inner) in (FedAvg, FedProx)
         acc.reset()
         accepted, norms, weights = [], {}, {}
+        claimed: dict[str, dict] = {}
         for msg in list(replies):
-            name = _site_name(msg)
+            name = self.identity.name(msg)
             if msg.has_error():
-                log.failures.append(_failure(name, msg.error.reason))
+                log.failures.append(_failure(name, _failure_reason(msg)))
                 continue
-            verdict = check_reply(msg, acc, max_examples=self.max_examples)
-            if not verdict.ok:
-                log.rejected[name] = verdict.reason
+            reason = self._refusal(msg, name, seen=claimed)
+            verdict = None if reason else check_reply(
+                msg, acc, max_examples=self.identity.max_examples(msg, self.max_examples),
+                max_update_norm=self.max_update_norm)
+            if reason or not verdict.ok:
+                log.rejected[name if name not in claimed else f"{name} (node "
+                             f"{msg.metadata.src_node_id})"] = reason or verdict.reason
                 continue
-            norms[name] = verdict.norm
+            norms[name], claimed[name] = verdict.norm, verdict.metrics
+            weights[name] = self._weight(verdict.metrics)
+            _canonical(msg, metrics=verdict.metrics, weight=weights[name],
+                       arrays=next(iter(msg.content.array_records.values())))
             accepted.append((name, msg))
             if fast:
-                weights[name] = float(_metric_dict(msg)[self.inner.weighted_by_key])
                 acc.add(weights[name])
         for name, reason in norm_outliers(norms, factor=self.max_norm_factor).items():
             log.rejected[name] = reason
         accepted = [(n, m) for n, m in accepted if n not in log.rejected]
         for name, msg in accepted:
-            log.train[name] = _metric_dict(msg)
+            log.train[name] = {k: float(v) for k, v in claimed[name].items()}
             log.upload_bytes[name] = sum(a.count_bytes() for a in msg.content.array_records.values())
         if len(accepted) < self.min_sites:
             log.incomplete = True
@@ -190,6 +214,15 @@ class Recorded(Strategy):
             return ArrayRecord({k: Array(v) for k, v in acc.mean().items()}), metrics
         return self.inner.aggregate_train(server_round, replies)
 
+    def _refusal(self, msg: Message, name: str, *, seen: dict) -> str:
+        if name in seen:
+            return f"a second reply for site {name!r} in this round (node {msg.metadata.src_node_id})"
+        return self.identity.refusal(msg)
+
+    def _weight(self, metrics: dict) -> float:
+        """federation.weighting: the (bounded) example count, or 1 for every site."""
+        return 1.0 if self.weighting == "uniform" else float(metrics["num-examples"])
+
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
         server_round += self.offset
@@ -200,15 +233,29 @@ class Recorded(Strategy):
         return self.inner.configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
+        from server.validate import guarded_metrics
+
         server_round += self.offset
         replies = list(replies)
         log = self._log(server_round)
+        valid = []
         for msg in replies:
+            name = self.identity.name(msg)
             if msg.has_error():
-                log.failures.append(_failure(_site_name(msg), msg.error.reason, phase="evaluate"))
-            else:
-                log.evaluate[_site_name(msg)] = _metric_dict(msg)
-        replies = [m for m in replies if not m.has_error()]
+                log.failures.append(_failure(name, _failure_reason(msg), phase="evaluate"))
+                continue
+            reason = self._refusal(msg, name, seen=log.evaluate)
+            metrics = {}
+            if not reason:
+                reason, metrics = guarded_metrics(
+                    msg, max_examples=self.identity.max_examples(msg, self.max_examples))
+            if reason:
+                log.failures.append(f"{name} (evaluate): rejected at the coordinator: {reason}")
+                continue
+            log.evaluate[name] = {k: float(v) for k, v in metrics.items()}
+            _canonical(msg, metrics=metrics, weight=self._weight(metrics), arrays=None)
+            valid.append(msg)
+        replies = valid
         if not replies:
             return None
         _common_metric_keys(replies)

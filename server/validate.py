@@ -2,12 +2,14 @@
 
 Each training reply is checked against the arrays the coordinator sent (expected keys, shapes,
 float dtypes, finite values), its update norm against the other sites' (a bound relative to
-their median), and its example count for plausibility. A rejected reply is logged with the site
-and the reason and left out of aggregation."""
+their median, and an absolute bound), and its example count for plausibility. A rejected reply
+is logged with the site and the reason and left out of aggregation; no reply, however malformed,
+can raise out of here and stop the run."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import numpy as np
 from flwr.app import ArrayRecord, Message
@@ -20,6 +22,7 @@ class Verdict:
     ok: bool
     reason: str = ""
     norm: float = 0.0
+    metrics: dict = field(default_factory=dict)  # the reply's numeric metrics, as claimed
 
 
 def _arrays(msg: Message) -> ArrayRecord | None:
@@ -27,27 +30,67 @@ def _arrays(msg: Message) -> ArrayRecord | None:
     return recs[0] if len(recs) == 1 else None
 
 
-def _num_examples(msg: Message) -> float | None:
-    for rec in msg.content.metric_records.values():
-        if "num-examples" in rec:
-            return rec["num-examples"]
-    return None
+def check_metrics(msg: Message, *, max_examples: int) -> tuple[str, dict]:
+    """(reason or "", metrics): exactly one MetricRecord of finite numbers (no lists, no bools)
+    with a num-examples in 1..max_examples."""
+    recs = list(msg.content.metric_records.values())
+    if len(recs) != 1:
+        return f"reply carries {len(recs)} MetricRecords, expected 1", {}
+    metrics = {}
+    for key, value in recs[0].items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"metric {str(key)[:40]!r} is a {type(value).__name__}, not a number", {}
+        if not math.isfinite(value):
+            return f"metric {str(key)[:40]!r} is not finite", {}
+        metrics[str(key)] = value
+    n = metrics.get("num-examples")
+    if n is None or not 0 < n <= max_examples:
+        return f"implausible num-examples {n!r} (allowed 1..{max_examples})", {}
+    return "", metrics
 
 
-def check_reply(msg: Message, current: dict | Accumulator, *, max_examples: int) -> Verdict:
-    """Structural checks of one reply against the current global arrays (a dict of arrays, or
-    an Accumulator, whose buffer then holds the checked update, ready to be added)."""
+def _check_reply(msg: Message, current: dict | Accumulator, *, max_examples: int,
+                 max_update_norm: float) -> Verdict:
     arrays = _arrays(msg)
     if arrays is None:
         return Verdict(False, "reply carries no single ArrayRecord")
+    odd = [k for k, a in arrays.items() if a.stype != "numpy.ndarray"]
+    if odd:
+        return Verdict(False, f"{str(odd[0])[:80]} is serialized as {arrays[odd[0]].stype!r}, "
+                              "expected numpy.ndarray")
+    reason, metrics = check_metrics(msg, max_examples=max_examples)
+    if reason:
+        return Verdict(False, reason)
     acc = current if isinstance(current, Accumulator) else Accumulator(current)
     reason, norm = acc.check(arrays)
     if reason:
         return Verdict(False, reason)
-    n = _num_examples(msg)
-    if n is None or not np.isfinite(n) or n <= 0 or n > max_examples:
-        return Verdict(False, f"implausible num-examples {n!r} (allowed 1..{max_examples})")
-    return Verdict(True, norm=norm)
+    if max_update_norm > 0 and norm > max_update_norm:
+        return Verdict(False, f"update norm {norm:.3g} exceeds federation.max-update-norm "
+                              f"{max_update_norm:g}")
+    return Verdict(True, norm=norm, metrics=metrics)
+
+
+def check_reply(msg: Message, current: dict | Accumulator, *, max_examples: int,
+                max_update_norm: float = 0.0) -> Verdict:
+    """Structural checks of one reply against the current global arrays (a dict of arrays, or
+    an Accumulator, whose buffer then holds the checked update, ready to be added).
+
+    Never raises: whatever a reply holds (a list for a number, an unknown serialization, a
+    corrupt .npy header), the worst outcome is that this one reply is rejected with a reason."""
+    try:
+        return _check_reply(msg, current, max_examples=max_examples,
+                            max_update_norm=max_update_norm)
+    except Exception as err:  # noqa: BLE001 - the trust boundary: any failure rejects the reply
+        return Verdict(False, f"malformed reply ({type(err).__name__}: {str(err)[:160]})")
+
+
+def guarded_metrics(msg: Message, *, max_examples: int) -> tuple[str, dict]:
+    """check_metrics that turns any exception into a reason (evaluate replies)."""
+    try:
+        return check_metrics(msg, max_examples=max_examples)
+    except Exception as err:  # noqa: BLE001 - see check_reply
+        return f"malformed reply ({type(err).__name__}: {str(err)[:160]})", {}
 
 
 def norm_outliers(norms: dict[str, float], *, factor: float) -> dict[str, str]:
