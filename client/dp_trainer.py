@@ -11,6 +11,8 @@ does not depend on how a batch is cut, so the mechanism, and its accounting, are
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -32,8 +34,12 @@ def train_dp(model: torch.nn.Module, data: Encoded, *, cfg: TrainConfig, schedul
     model.train()
     loss = loss or Loss()
     gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean")
+    # Noise from a generator seeded by the OS CSPRNG (never train.seed, which the coordinator
+    # sends), in Opacus' secure mode (robust to floating-point attacks on the Gaussian sampler).
+    generator = torch.Generator(device=next(model.parameters()).device)
+    generator.manual_seed(int.from_bytes(os.urandom(8), "little") & (2**63 - 1))
     opt = DPOptimizer(make_optimizer(model, cfg), noise_multiplier=noise_multiplier,
-                      max_grad_norm=max_grad_norm,
+                      max_grad_norm=max_grad_norm, generator=generator, secure_mode=True,
                       expected_batch_size=max(1, round(sample_rate * len(data))),
                       loss_reduction="mean")
     seen, loss_sum, empty = 0, 0.0, 0

@@ -1,167 +1,294 @@
-"""A site's privacy ledger: one per dataset (keyed by the prepared train split's fingerprint), on
-the site's own disk, never at the coordinator. It records every round's (noise multiplier, sample
-rate, steps), so epsilon is computed by Opacus' accountant over the dataset's WHOLE history —
-across rounds, runs and process restarts — and a round that would pass the budget is refused
-before any training happens."""
+"""A site's privacy ledger: ONE per site dataset lineage (client/ledger.py), on the site's own disk,
+never at the coordinator. It records every run's plan and every round's (noise multiplier,
+sample rate, steps), so epsilon is computed by Opacus' accountant over the lineage's WHOLE
+history — across rounds, runs, setting changes, appended rows and process restarts — and a round
+that would pass the run's plan or the site's budget is refused before any training happens.
+
+What the coordinator can no longer decide: the budget (the site's `privacy-budget`, else the one
+fixed when the lineage was created), delta (the site's: min(max-delta, 1/(10 n)) fixed at
+creation, always below 1/n), the accountant (fixed at creation), how many rounds a run trains
+(its plan, fixed at its first round: each round number once, no retries of a trained round),
+how often a run's arrays are evaluated (once per planned round and split), and the DP noise
+(from the OS CSPRNG, never from train.seed)."""
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
+from client.accounting import (ACCOUNTANTS, calibrate_noise, compute_epsilon, default_delta,  # noqa: F401
+                               secure_rng, secure_seed, server_round_of)
+from client.ledger import Journal, LedgerCorrupt
+from client.policy import PolicyViolation
 from common.errors import PrivacyBudgetExceeded
 
-ACCOUNTANTS = ("rdp", "prv")
-MAX_NOISE = 16.0  # beyond this a step carries almost no signal: refuse instead of training on noise
-
-
-def compute_epsilon(history: list[tuple[float, float, int]], *, delta: float,
-                    accountant: str) -> float:
-    """Epsilon of a history of (noise multiplier, sample rate, steps) with Opacus' accountant."""
-    if not history:
-        return 0.0
-    from opacus.accountants import PRVAccountant, RDPAccountant
-
-    acc = RDPAccountant() if accountant == "rdp" else PRVAccountant()
-    acc.history = [(float(s), float(q), int(k)) for s, q, k in history]
-    return float(acc.get_epsilon(delta=delta))
-
-
-def calibrate_noise(history: list[tuple[float, float, int]], *, sample_rate: float, steps: int,
-                    target_epsilon: float, delta: float, accountant: str) -> float:
-    """Smallest noise multiplier such that `history` plus `steps` more steps at `sample_rate`
-    stays within `target_epsilon` (bisection on the accountant; ~1 s)."""
-    def eps(sigma: float) -> float:
-        return compute_epsilon(history + [(sigma, sample_rate, steps)], delta=delta,
-                               accountant=accountant)
-
-    lo, hi = 0.3, 2.0
-    while eps(hi) > target_epsilon:
-        hi *= 2
-        if hi > MAX_NOISE:
-            raise PrivacyBudgetExceeded(
-                f"privacy budget exhausted: keeping epsilon <= {target_epsilon:.3f} for {steps} more "
-                f"steps at sample rate {sample_rate:.4f} needs a noise multiplier above {MAX_NOISE}"
-                f" (pure noise): the site refuses; raise its budget or train fewer rounds")
-    if eps(lo) <= target_epsilon:
-        return lo
-    for _ in range(30):
-        mid = (lo + hi) / 2
-        if eps(mid) > target_epsilon:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-3:
-            break
-    return hi
+TOL = 1e-6
 
 
 @dataclass
 class Plan:
-    """This run's DP parameters at this site, fixed at its first round."""
+    """One run's DP parameters at this site, fixed (in the journal) at its first round."""
 
     noise_multiplier: float
     sample_rate: float
-    planned_steps: int
+    steps_per_round: int
+    rounds: int
+    run_epsilon: float
     target_epsilon: float
+
+    @property
+    def planned_steps(self) -> int:
+        return self.steps_per_round * self.rounds
+
+
+def _refuse(text: str, public: str) -> PolicyViolation:
+    return PolicyViolation(text, public=public)
 
 
 class PrivacyLedger:
-    """`site_dir/ledger/<dataset fingerprint>.json`, rewritten atomically after every round."""
+    """The lineage's accounting. Mutating calls take the site's ledger lock themselves; wrap a
+    whole round in `with ledger.locked():` so plan -> check -> train -> record is one critical
+    section across processes."""
 
-    def __init__(self, site_dir: str | Path, *, dataset: str, num_examples: int, delta: float,
-                 budget: float, accountant: str):
+    def __init__(self, site_dir: str | Path, *, site: str, source: str, num_examples: int,
+                 budget: float = 0.0, run_budget: float = 0.0, accountant: str = "rdp",
+                 max_delta: float | None = None, dataset: str = ""):
+        """`budget`: the site's own lifetime cap (0 = none set); `run_budget`: the run's, used only
+        to fix the cap when a lineage is created at a site that set none."""
         if accountant not in ACCOUNTANTS:
             raise ValueError(f"privacy.accountant = {accountant!r}: use rdp or prv")
-        self.path = Path(site_dir) / "ledger" / f"{dataset[:24]}.json"
-        self.budget = budget
-        self.accountant = accountant
-        if self.path.is_file():
-            self.data = json.loads(self.path.read_text(encoding="utf-8"))
-            if self.data["dataset"] != dataset:
-                raise PrivacyBudgetExceeded(f"ledger {self.path} belongs to another dataset")
-        else:
-            self.data = {"version": 1, "dataset": dataset, "num_examples": num_examples,
-                         "delta": delta, "created": time.time(), "entries": [], "plans": {}}
+        self.journal = Journal(site_dir)
+        self.path = self.journal.path
+        self.site, self.source, self.n, self.dataset = site, str(source), int(num_examples), dataset
+        self._budget, self._run_budget = float(budget or 0.0), float(run_budget or 0.0)
+        self._accountant, self._max_delta = accountant, max_delta
+        with self.journal.locked():
+            pass  # load + verify now: a damaged ledger refuses before any work
+
+    def locked(self):
+        return self.journal.locked()
+
+    # -- the lineage ------------------------------------------------------------------------
+    @property
+    def lineage(self) -> dict[str, Any]:
+        if not self.journal.entries:
+            return {}
+        return self.journal.entries[0]
+
+    def _ensure(self) -> None:
+        """Create the lineage on first use (importing old per-fingerprint JSON ledgers), and check
+        this site and data file are the ones it is bound to."""
+        j = self.journal
+        if j.marker is None:
+            delta = min(default_delta(self.n), self._max_delta or 1.0)
+            j.create(site=self.site, source=self.source,
+                     extra={"delta": delta, "accountant": self._accountant,
+                            "budget": self._budget or self._run_budget,
+                            "num_examples": self.n})
+            for old in sorted((j.site_dir / "ledger").glob("*.json")):  # format 1: imported, never lost
+                for e in json.loads(old.read_text(encoding="utf-8")).get("entries", []):
+                    j.append({"kind": "import", "file": old.name, "run": str(e["run"]), "round": int(e["round"]),
+                              "noise_multiplier": float(e["noise_multiplier"]),
+                              "sample_rate": float(e["sample_rate"]), "steps": int(e["steps"])})
+        lin = self.lineage
+        if (lin["site"], lin["source"]) != (self.site, self.source):
+            raise _refuse(f"privacy ledger {self.path} belongs to site {lin['site']!r} with data "
+                          f"{lin['source']}, not {self.site!r} with {self.source}: use that site's own "
+                          "site dir, or start over with `fedtune ledger reset --site-dir DIR --reason ...`",
+                          "refused: the site's privacy ledger belongs to another data source")
+        if not self.delta < 1.0 / max(1, self.n):
+            raise _refuse(f"the lineage's delta {self.delta:g} is not below 1/n for {self.n} training rows "
+                          f"(ledger {self.path}): the site has lost data; reset the ledger explicitly",
+                          "refused by site rule delta-below-one-over-n: the site's data shrank")
 
     @property
-    def delta(self) -> float:  # fixed for the dataset's life: epsilons are only comparable at one delta
-        return float(self.data["delta"])
+    def delta(self) -> float:  # fixed for the lineage's life: epsilons are comparable at one delta
+        return float(self.lineage.get("delta", default_delta(self.n)))
+
+    @property
+    def accountant(self) -> str:
+        return str(self.lineage.get("accountant", self._accountant))
+
+    @property
+    def budget(self) -> float:
+        """The site's own cap when it set one; else the one fixed when the lineage was created."""
+        return self._budget or float(self.lineage.get("budget", self._run_budget))
+
+    def _current(self) -> list[dict[str, Any]]:
+        """Entries since the last explicit reset."""
+        entries = self.journal.entries
+        last = max((i for i, e in enumerate(entries) if e["kind"] == "reset"), default=-1)
+        return entries[last + 1:]
 
     @property
     def history(self) -> list[tuple[float, float, int]]:
-        return [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in self.data["entries"]]
+        return [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in self._current()
+                if e["kind"] in ("round", "import")]
 
     def spent(self) -> float:
         return compute_epsilon(self.history, delta=self.delta, accountant=self.accountant)
 
-    def plan(self, run: str, *, sample_rate: float, planned_steps: int,
+    def _plan_of(self, run: str) -> Plan | None:
+        plans = [e for e in self._current() if e["kind"] == "plan" and e["run"] == run]
+        return Plan(**{k: plans[-1][k] for k in Plan.__dataclass_fields__}) if plans else None
+
+    def _rounds_of(self, run: str) -> list[int]:
+        return [e["round"] for e in self._current() if e["kind"] == "round" and e["run"] == run]
+
+    # -- a run -----------------------------------------------------------------------------
+    def plan(self, run: str, *, sample_rate: float, steps_per_round: int, rounds: int,
              run_epsilon: float) -> Plan:
-        """The run's noise multiplier, calibrated once to ALL its planned steps at this site, so
-        that (history + this run) reaches min(budget, spent + run_epsilon)."""
-        if run in self.data["plans"]:
-            return Plan(**self.data["plans"][run])
-        spent = self.spent()
-        target = min(self.budget, spent + run_epsilon)
-        if target <= spent + 1e-9:
-            raise PrivacyBudgetExceeded(
-                f"privacy budget exhausted: epsilon spent {spent:.3f} of {self.budget:.3f} on this "
-                f"dataset (ledger {self.path}); the site refuses to train")
-        sigma = calibrate_noise(self.history, sample_rate=sample_rate, steps=planned_steps,
-                                target_epsilon=target, delta=self.delta, accountant=self.accountant)
-        plan = Plan(noise_multiplier=sigma, sample_rate=sample_rate, planned_steps=planned_steps,
-                    target_epsilon=target)
-        self.data["plans"][run] = plan.__dict__
-        self._write()
-        return plan
+        """The run's noise multiplier, calibrated once to ALL its planned steps, so that
+        (history + this run) reaches min(budget, spent + run_epsilon). A later call for the same
+        run must ask for the same plan: the coordinator cannot stretch a run."""
+        with self.locked():
+            self._ensure()
+            plan = self._plan_of(run)
+            if plan is not None:
+                asked = (sample_rate, steps_per_round, rounds, run_epsilon)
+                if any(abs(a - b) > 1e-12 for a, b in zip(asked, (plan.sample_rate, plan.steps_per_round,
+                                                                  plan.rounds, plan.run_epsilon))):
+                    raise _refuse(f"run {run}: this round asks for (q, steps/round, rounds, epsilon) = "
+                                  f"{asked}, but the run's plan in {self.path} is {asdict(plan)}: the "
+                                  "run's privacy settings or the site's data changed mid-run",
+                                  "refused: the run's privacy settings differ from its plan at this site")
+                return plan
+            spent = self.spent()
+            target = min(self.budget, spent + run_epsilon)
+            if target <= spent + 1e-9:
+                raise PrivacyBudgetExceeded(
+                    f"privacy budget exhausted: epsilon spent {spent:.3f} of {self.budget:.3f} on this "
+                    f"site's data (ledger {self.path}); the site refuses to train")
+            sigma = calibrate_noise(self.history, sample_rate=sample_rate, steps=steps_per_round * rounds,
+                                    target_epsilon=target, delta=self.delta, accountant=self.accountant)
+            plan = Plan(noise_multiplier=sigma, sample_rate=sample_rate, steps_per_round=steps_per_round,
+                        rounds=rounds, run_epsilon=run_epsilon, target_epsilon=target)
+            self.journal.append({"kind": "plan", "run": run, "dataset": self.dataset[:16],
+                                 "num_examples": self.n, "budget": self.budget, **asdict(plan)})
+            return plan
 
-    def check(self, *, noise_multiplier: float, sample_rate: float, steps: int) -> float:
-        """Epsilon after the planned round; raises PrivacyBudgetExceeded (no training happens)
-        when it would pass the budget."""
-        after = compute_epsilon(self.history + [(noise_multiplier, sample_rate, steps)],
-                                delta=self.delta, accountant=self.accountant)
-        if after > self.budget + 1e-6:
-            raise PrivacyBudgetExceeded(
-                f"round refused: it would raise epsilon from {self.spent():.3f} to {after:.3f}, over "
-                f"the site's budget {self.budget:.3f} (delta {self.delta:.2e}, ledger {self.path})")
-        return after
+    def check(self, run: str, server_round: int) -> float:
+        """Epsilon after this run's round `server_round`; refuses (nothing trains) a round that is
+        not in the plan, was already trained, or would pass the run's epsilon or the budget."""
+        with self.locked():
+            self._ensure()
+            plan = self._plan_of(run)
+            if plan is None:
+                raise _refuse(f"run {run} has no plan in {self.path}", "refused: the run has no privacy plan")
+            done = self._rounds_of(run)
+            if not 1 <= server_round <= plan.rounds or server_round in done or len(done) >= plan.rounds:
+                raise _refuse(f"run {run}: round {server_round} refused — the plan has rounds 1..{plan.rounds}"
+                              f" and rounds {done} are already trained (no retries, no extra rounds)",
+                              "refused: the round is outside the run's privacy plan or was already trained")
+            step = (plan.noise_multiplier, plan.sample_rate, plan.steps_per_round)
+            after = compute_epsilon(self.history + [step], delta=self.delta, accountant=self.accountant)
+            if after > self.budget + TOL:
+                raise PrivacyBudgetExceeded(
+                    f"round refused: it would raise epsilon from {self.spent():.3f} to {after:.3f}, over "
+                    f"the site's budget {self.budget:.3f} (delta {self.delta:.2e}, ledger {self.path})")
+            others = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in self._current()
+                      if (e["kind"] == "round" and e["run"] != run) or e["kind"] == "import"]
+            before = compute_epsilon(others, delta=self.delta, accountant=self.accountant)
+            if after - before > plan.run_epsilon + 1e-3:
+                raise PrivacyBudgetExceeded(
+                    f"round refused: run {run} would add epsilon {after - before:.3f}, more than its planned "
+                    f"{plan.run_epsilon:.3f} (ledger {self.path})",
+                    public="refused: the round would pass the run's planned epsilon at this site")
+            return after
 
-    def record(self, *, run: str, server_round: int, noise_multiplier: float, sample_rate: float,
-               steps: int) -> float:
-        """Append one round and persist; returns epsilon spent after it."""
-        self.data["entries"].append({"run": run, "round": server_round, "time": time.time(),
-                                     "noise_multiplier": noise_multiplier,
-                                     "sample_rate": sample_rate, "steps": steps,
-                                     "accountant": self.accountant, "budget": self.budget})
-        eps = self.spent()
-        self.data["entries"][-1]["epsilon"] = eps
-        self._write()
-        return eps
+    def record(self, run: str, server_round: int) -> float:
+        """Append the trained round (re-checked under the lock) and return epsilon after it."""
+        with self.locked():
+            after = self.check(run, server_round)
+            plan = self._plan_of(run)
+            self.journal.append({"kind": "round", "run": run, "round": server_round,
+                                 "noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate,
+                                 "steps": plan.steps_per_round, "epsilon": after, "budget": self.budget})
+            return after
 
-    def _write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".ledger.", dir=self.path.parent)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(self.data, fh, indent=1)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.path)
+    def record_eval(self, run: str, server_round: int, split: str) -> None:
+        """Allow one evaluation of `split` per planned (run, round); refuse any other."""
+        with self.locked():
+            self._ensure()
+            plan = self._plan_of(run)
+            seen = any(e["kind"] == "eval" and e["run"] == run and e["round"] == server_round
+                       and e["split"] == split for e in self._current())
+            if plan is None or not 1 <= server_round <= plan.rounds or seen:
+                raise _refuse(f"run {run}: evaluation of the {split} split for round {server_round} refused "
+                              f"(plan: {asdict(plan) if plan else 'none'}; already evaluated: {seen}): under DP "
+                              "a site evaluates once per planned round", "refused by site rule "
+                              "eval-once-per-round: under DP a site evaluates once per planned round")
+            self.journal.append({"kind": "eval", "run": run, "round": server_round, "split": split})
 
     def describe(self) -> str:
-        lines = [f"ledger {self.path}", f"dataset {self.data['dataset'][:16]}…  n={self.data['num_examples']}"
-                 f"  delta={self.delta:.2e}  accountant={self.accountant}  budget={self.budget}",
-                 f"{'run':>20} {'round':>5} {'sigma':>7} {'q':>8} {'steps':>6} {'epsilon':>8}"]
-        for e in self.data["entries"]:
-            lines.append(f"{str(e['run'])[-20:]:>20} {e['round']:>5} {e['noise_multiplier']:7.3f} "
-                         f"{e['sample_rate']:8.5f} {e['steps']:6d} {e.get('epsilon', float('nan')):8.3f}")
+        """Lineage, every plan / round / evaluation / reset, whether the journal verifies, and
+        `spent epsilon X of budget Y` on the last line (what `fedtune ledger` prints)."""
+        lin = self.lineage
+        lines = [f"ledger {self.path}  (journal verifies: {len(self.journal.entries)} entries, head "
+                 f"{self.journal.marker['head'][:12] if self.journal.marker else '-'})",
+                 f"lineage {lin.get('lineage', '-')}  site {lin.get('site', '-')!r}  data {lin.get('source', '-')}",
+                 f"delta={self.delta:.2e}  accountant={self.accountant}  budget={self.budget}"]
+        for e in self.journal.entries:
+            kind, when = e["kind"], time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e["time"]))
+            if kind == "plan":
+                lines.append(f"{when} plan   run {e['run']}: {e['rounds']} rounds x {e['steps_per_round']} steps,"
+                             f" q={e['sample_rate']:.5f} sigma={e['noise_multiplier']:.3f} run epsilon "
+                             f"{e['run_epsilon']:g} (target {e['target_epsilon']:.3f})")
+            elif kind in ("round", "import"):
+                lines.append(f"{when} {kind:<6} run {e['run']} round {e['round']}: sigma={e['noise_multiplier']:.3f}"
+                             f" q={e['sample_rate']:.5f} steps={e['steps']} epsilon "
+                             f"{e.get('epsilon', float('nan')):.3f}")
+            elif kind == "eval":
+                lines.append(f"{when} eval   run {e['run']} round {e['round']}: {e['split']} split")
+            elif kind == "reset":
+                lines.append(f"{when} RESET  reason: {e['reason']}")
         lines.append(f"spent epsilon {self.spent():.4f} of budget {self.budget}")
         return "\n".join(lines)
 
 
-def default_delta(n: int) -> float:
-    """Below 1/n, as DP practice requires: 1 / (10 n)."""
-    return 1.0 / (10 * max(1, n))
+def open_ledger(site_dir: str | Path) -> PrivacyLedger:
+    """The existing ledger of a site dir, for the operator's `fedtune ledger` commands."""
+    journal = Journal(site_dir)
+    with journal.locked():
+        lin = journal.entries[0] if journal.entries else None
+    if lin is None:
+        raise FileNotFoundError(f"no privacy ledger under {Path(site_dir) / 'lineage.json'}")
+    return PrivacyLedger(site_dir, site=lin["site"], source=lin["source"],
+                         num_examples=lin["num_examples"], run_budget=lin["budget"],
+                         accountant=lin["accountant"])
+
+
+def reset_ledger(site_dir: str | Path, *, reason: str) -> str:
+    """The operator's explicit fresh start, recorded with its reason (never silent). A healthy
+    ledger gets a `reset` entry (earlier entries stay, uncounted); one that does not verify is
+    moved aside (`*.broken-<time>`) and a new lineage for the same site and data notes it."""
+    if not reason.strip():
+        raise ValueError("ledger reset needs --reason: say why this site's budget starts over")
+    journal = Journal(site_dir)
+    try:
+        with journal.locked():
+            if journal.marker is None:
+                raise FileNotFoundError(f"no privacy ledger under {journal.marker_path}: nothing to reset")
+            journal.append({"kind": "reset", "reason": reason})
+            return f"reset recorded in {journal.path} (entry {len(journal.entries)})"
+    except LedgerCorrupt:
+        pass
+    with journal.locked_raw():
+        try:
+            old = json.loads(journal.marker_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise LedgerCorrupt(f"{journal.marker_path} is unreadable too: move {journal.path.parent} and "
+                                f"{journal.marker_path} aside by hand, then start the site again") from None
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for path in (journal.path, journal.marker_path):
+            if path.exists():
+                os.replace(path, path.with_name(f"{path.name}.broken-{stamp}"))
+        journal.marker = None
+        journal.create(site=old["site"], source=old["source"],
+                       extra={k: old[k] for k in ("delta", "accountant", "budget", "num_examples") if k in old})
+        journal.append({"kind": "reset", "reason": reason, "replaces": f"broken-{stamp}"})
+        return f"the old ledger did not verify: moved aside as *.broken-{stamp}; new lineage {journal.path}"

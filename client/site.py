@@ -17,7 +17,7 @@ import torch
 
 from client.dp_trainer import train_dp
 from client.lm import encode_lm, evaluate_lm, prepare_lm_site
-from client.privacy import PrivacyLedger, default_delta
+from client.privacy import PrivacyLedger, secure_rng, secure_seed, server_round_of
 from client.trainer import (
     Encoded,
     Schedule,
@@ -45,6 +45,7 @@ class SiteFacts:
     data_path: str
     site_dir: str
     privacy_budget: float = 0.0  # the site's own lifetime epsilon cap (0 = take the run's)
+    max_delta: float = 0.0  # the site policy's max-delta (0 = only delta < 1/n), for the ledger
 
 
 def site_facts(node_config: dict, cfg: RunConfig) -> SiteFacts:
@@ -56,7 +57,8 @@ def site_facts(node_config: dict, cfg: RunConfig) -> SiteFacts:
         index = int(node_config.get("site-index", 0))
         name = str(node_config.get("site-name") or f"site-{index}")
         return SiteFacts(name=name, index=index, data_path=data_path, site_dir=site_dir,
-                         privacy_budget=float(node_config.get("privacy-budget", 0.0)))
+                         privacy_budget=float(node_config.get("privacy-budget", 0.0)),
+                         max_delta=float(node_config.get("policy-max-delta", 0.0)))
     if "partition-id" in node_config:
         if not cfg.output.run_dir:
             raise ConfigError("simulation needs output.run-dir (set by `fedtune simulate`): run the "
@@ -121,15 +123,24 @@ class Site:
         return cfg.federation.proximal_mu if cfg.federation.strategy == "fedprox" else 0.0
 
     def budget(self) -> float:
-        """The dataset's lifetime epsilon cap. The site decides it (node config `privacy-budget`);
-        only a site that set none takes the run's privacy.budget (or privacy.epsilon)."""
-        return self.facts.privacy_budget or self.cfg.privacy.budget or self.cfg.privacy.epsilon
+        """The lineage's lifetime epsilon cap: the site's (node config `privacy-budget`); a site
+        that set none keeps the cap fixed when its ledger was created (client/privacy.py)."""
+        return self.ledger().budget
+
+    def records(self) -> int:
+        """Distinct training records (people), before augmentation copies: what min-rows and
+        delta < 1/n count (the handler passes it as enforce_policy's `rows`)."""
+        split = self.report.get("steps", {}).get("split", {})
+        return int(split.get("train", self.report.get("rows", {}).get("train", len(self.splits["train"]))))
 
     def ledger(self) -> PrivacyLedger:
-        n = len(self.splits["train"])
-        return PrivacyLedger(self.facts.site_dir, dataset=self.fingerprint, num_examples=n,
-                             delta=self.cfg.privacy.delta or default_delta(n),
-                             budget=self.budget(), accountant=self.cfg.privacy.accountant)
+        """The ledger of this site's data LINEAGE (site name + data file), whatever the settings."""
+        return PrivacyLedger(self.facts.site_dir, site=self.facts.name,
+                             source=str(Path(self.facts.data_path).resolve()),
+                             num_examples=self.records(), budget=self.facts.privacy_budget,
+                             run_budget=self.cfg.privacy.budget or self.cfg.privacy.epsilon,
+                             accountant=self.cfg.privacy.accountant,
+                             max_delta=self.facts.max_delta or None, dataset=self.fingerprint)
 
     def fit(self, state: dict[str, torch.Tensor], *, server_round: int, run: str = "local",
             progress: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
@@ -137,14 +148,19 @@ class Site:
 
         Under DP the ledger is read from disk, the round is checked against the budget BEFORE
         training (PrivacyBudgetExceeded = refused), and the round is recorded after it."""
+        server_round = server_round_of(server_round, self.cfg.federation.rounds)
         set_state(self.model, state, exclude=self.exclude)
         train_split = self.splits["train"]
         per_round = steps_per_round(len(train_split), self.cfg.train)
         total = per_round * self.cfg.federation.rounds
         sched = Schedule(start_step=(server_round - 1) * per_round, total_steps=total,
                          warmup_steps=int(self.cfg.train.warmup_ratio * total))
-        rng = np.random.default_rng([self.cfg.train.seed, self.facts.index, server_round])
-        torch.manual_seed(hash((self.cfg.train.seed, self.facts.index, server_round)) % 2**31)
+        if self.cfg.privacy.dp:  # DP sampling and noise: OS CSPRNG, never train.seed (coordinator's)
+            rng = secure_rng()
+            torch.manual_seed(secure_seed())
+        else:  # reproducible from the seed
+            rng = np.random.default_rng([self.cfg.train.seed, self.facts.index, server_round])
+            torch.manual_seed(hash((self.cfg.train.seed, self.facts.index, server_round)) % 2**31)
         t0 = time.perf_counter()
         if self.cfg.privacy.dp:
             stats = self._fit_dp(train_split, sched, rng, per_round, server_round, run, progress)
@@ -154,36 +170,45 @@ class Site:
                           pad_id=self.pad_id, progress=progress,
                           desc=f"{self.facts.name} r{server_round}", loss=self.loss,
                           proximal_mu=self.proximal_mu(self.cfg))
-        stats["train_seconds"] = time.perf_counter() - t0
+        if not self.cfg.privacy.dp:  # under DP the time tracks the random batch sizes: not released
+            stats["train_seconds"] = time.perf_counter() - t0
         return get_state(self.model, exclude=self.exclude), stats
 
     def _fit_dp(self, data: Encoded, sched: Schedule, rng, steps: int, server_round: int,
                 run: str, progress: bool) -> dict[str, float]:
         ledger = self.ledger()
         q = min(1.0, self.cfg.train.batch_size / max(1, len(data)))
-        plan = ledger.plan(run, sample_rate=q, planned_steps=steps * self.cfg.federation.rounds,
-                           run_epsilon=self.cfg.privacy.epsilon)
-        ledger.check(noise_multiplier=plan.noise_multiplier, sample_rate=q, steps=steps)
-        stats = train_dp(self.model, data, cfg=self.cfg.train, schedule=sched, rng=rng,
-                         steps=steps, sample_rate=q, noise_multiplier=plan.noise_multiplier,
-                         max_grad_norm=self.cfg.privacy.max_grad_norm, pad_id=self.pad_id,
-                         progress=progress, loss=self.loss)
-        eps = ledger.record(run=run, server_round=server_round,
-                            noise_multiplier=plan.noise_multiplier, sample_rate=q, steps=steps)
+        with ledger.locked():  # plan -> check -> train -> record: one critical section per site
+            plan = ledger.plan(run, sample_rate=q, steps_per_round=steps,
+                               rounds=self.cfg.federation.rounds, run_epsilon=self.cfg.privacy.epsilon)
+            ledger.check(run, server_round)
+            stats = train_dp(self.model, data, cfg=self.cfg.train, schedule=sched, rng=rng,
+                             steps=steps, sample_rate=q, noise_multiplier=plan.noise_multiplier,
+                             max_grad_norm=self.cfg.privacy.max_grad_norm, pad_id=self.pad_id,
+                             progress=progress, loss=self.loss)
+            eps = ledger.record(run, server_round)
+        for key in ("train_loss", "empty_batches"):  # raw train-split statistics: not DP, not released
+            stats.pop(key, None)
         # weight by the expected batch total, not the random Poisson count
         stats["num_examples"] = max(1, round(steps * q * len(data)))
         stats.update(epsilon=eps, delta=ledger.delta, epsilon_budget=ledger.budget,
                      noise_multiplier=plan.noise_multiplier)
         return stats
 
-    def evaluate(self, state: dict[str, torch.Tensor], *, split: str = "test") -> dict[str, float]:
+    def evaluate(self, state: dict[str, torch.Tensor], *, split: str = "test", run: str = "local",
+                 server_round: int | None = None) -> dict[str, float]:
+        """Metrics of `state` on one split. Under DP a coordinator's request (server_round given)
+        is allowed once per planned (run, round, split) (PolicyViolation otherwise), and no
+        threshold tuned on the site's data is used or released."""
+        if self.cfg.privacy.dp and server_round is not None:
+            self.ledger().record_eval(run, server_round_of(server_round, self.cfg.federation.rounds), split)
         set_state(self.model, state, exclude=self.exclude)
         data = self.splits[split]
         t0 = time.perf_counter()
         if self.task == "causal-lm":
             metrics = evaluate_lm(self.model, data, tokenizer=self.tokenizer, pad_id=self.pad_id,
                                   generate_tokens=self.cfg.task.generate_tokens)
-        elif self.num_labels == 2:
+        elif self.num_labels == 2 and not self.cfg.privacy.dp:
             # binary: the threshold that maximises class-1 F1 on this site's val split, always
             # reported; predictions use it only with train.tune-threshold
             val = self.splits["val"]

@@ -37,20 +37,31 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_ledger(args: argparse.Namespace) -> int:
-    """Print every privacy ledger under a site directory (one per dataset)."""
-    from client.privacy import PrivacyLedger
+    """Print a site's privacy ledger (lineage, every run and round, whether the journal verifies),
+    or, with `reset --reason`, record an explicit fresh start (never a silent one)."""
+    from client.ledger import LedgerCorrupt
+    from client.privacy import PrivacyLedger, open_ledger, reset_ledger
 
-    files = sorted(Path(args.site_dir).glob("ledger/*.json"))
-    if not files:
-        raise FedtuneError(f"no privacy ledger under {args.site_dir}/ledger: check --site-dir (the "
-                           "site's `site-dir`, or <run>/sites/site-N in simulation)")
-    for path in files:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        accountant = (data["entries"][-1]["accountant"] if data["entries"] else args.accountant)
-        budget = data["entries"][-1].get("budget", 0.0) if data["entries"] else 0.0
-        ledger = PrivacyLedger(args.site_dir, dataset=data["dataset"], num_examples=data["num_examples"],
-                               delta=data["delta"], budget=args.budget or budget, accountant=accountant)
-        print(ledger.describe())
+    if args.action == "reset":
+        if not (args.reason or "").strip():
+            raise FedtuneError("fedtune ledger reset needs --reason \"...\": the journal records why this "
+                               "site's budget starts over")
+        print(reset_ledger(args.site_dir, reason=args.reason))
+        return 0
+    try:
+        ledger = open_ledger(args.site_dir)
+    except FileNotFoundError:
+        raise FedtuneError(f"no privacy ledger under {args.site_dir} (lineage.json, ledger/journal.jsonl): "
+                           "check --site-dir (the site's `site-dir`, or <run>/sites/site-N in "
+                           "simulation)") from None
+    except LedgerCorrupt as err:
+        print(f"journal verifies: NO — {err}", file=sys.stderr)
+        return 2
+    if args.budget:
+        lin = ledger.lineage
+        ledger = PrivacyLedger(args.site_dir, site=lin["site"], source=lin["source"],
+                               num_examples=lin["num_examples"], budget=args.budget)
+    print(ledger.describe())
     return 0
 
 
@@ -64,10 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--resume", metavar="RUN_DIR",
                      help="continue a crashed or stopped run from its last checkpoint")
     sim.set_defaults(func=cmd_simulate)
-    led = sub.add_parser("ledger", help="print a site's privacy ledger(s)")
-    led.add_argument("--site-dir", required=True, help="the site directory holding ledger/")
-    led.add_argument("--budget", type=float, default=0.0, help="show spending against this budget")
-    led.add_argument("--accountant", default="rdp", choices=["rdp", "prv"])
+    led = sub.add_parser("ledger", help="print (or explicitly reset) a site's privacy ledger")
+    led.add_argument("action", nargs="?", default="show", choices=["show", "reset"],
+                     help="show (default) or reset: start the budget over, recorded with --reason")
+    led.add_argument("--site-dir", required=True, help="the site directory holding lineage.json")
+    led.add_argument("--budget", type=float, default=0.0,
+                     help="show spending against this budget (the site's privacy-budget)")
+    led.add_argument("--reason", help="with reset: why the site starts over (kept in the journal)")
     led.set_defaults(func=cmd_ledger)
     from fedtune.cli_release import register as register_release
     from fedtune.ops.cli import register as register_ops
