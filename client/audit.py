@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from client.trainer import Encoded, batches
+from common.device import Accel, model_device
 from common.errors import DataError
 
 
@@ -27,14 +28,16 @@ def per_example_loss(model: torch.nn.Module, data: Encoded, *, num_labels: int,
                      pad_id: int = 0, batch_size: int = 128) -> np.ndarray:
     """Cross-entropy (classification) or squared error (num_labels == 1) of every row, in order."""
     model.eval()
+    move = Accel(device=model_device(model)).move  # runs where the model is (train.device)
     out = np.zeros(len(data), dtype=np.float64)
     for ids, mask, y, idx in batches(data, batch_size=batch_size, shuffle=False, rng=None, pad_id=pad_id):
+        ids, mask, y = move(ids, mask, y)
         logits = model(input_ids=ids, attention_mask=mask).logits.float()
         if num_labels == 1:
             loss = (logits.squeeze(-1) - y.float()) ** 2
         else:
             loss = torch.nn.functional.cross_entropy(logits, y.long(), reduction="none")
-        out[idx] = loss.double().numpy()
+        out[idx] = loss.double().cpu().numpy()
     return out
 
 

@@ -19,6 +19,8 @@ from tqdm.auto import tqdm
 
 from client.trainer import Encoded, Loss, Schedule, collate, lr_factor, make_optimizer
 from common.config import TrainConfig
+from common.device import Accel, place, resolve_device
+from common.errors import ConfigError
 
 
 def train_dp(model: torch.nn.Module, data: Encoded, *, cfg: TrainConfig, schedule: Schedule,
@@ -31,8 +33,12 @@ def train_dp(model: torch.nn.Module, data: Encoded, *, cfg: TrainConfig, schedul
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
 
+    device = dp_device(cfg)
+    place(model, device)
     model.train()
     loss = loss or Loss()
+    if loss.class_weights is not None:
+        loss = Loss(class_weights=loss.class_weights.to(device), focal_gamma=loss.focal_gamma)
     gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean")
     # Noise from a generator seeded by the OS CSPRNG (never train.seed, which the coordinator
     # sends), in Opacus' secure mode (robust to floating-point attacks on the Gaussian sampler).
@@ -59,7 +65,7 @@ def train_dp(model: torch.nn.Module, data: Encoded, *, cfg: TrainConfig, schedul
                 continue
             parts = micro_batches(idx, lengths)
             for k, part in enumerate(parts):
-                ids, mask, y = collate(data, part, pad_id=pad_id)
+                ids, mask, y = Accel(device=device).move(*collate(data, part, pad_id=pad_id))
                 part_loss = loss(gsm(input_ids=ids, attention_mask=mask).logits, y)
                 part_loss.backward()
                 # all but the last micro-batch: clip and accumulate, no noise, no update
@@ -72,6 +78,17 @@ def train_dp(model: torch.nn.Module, data: Encoded, *, cfg: TrainConfig, schedul
         gsm._close()  # remove Opacus' hooks and per-sample grad buffers from the cached model
     return {"train_loss": loss_sum / max(1, seen), "num_examples": seen, "steps": steps,
             "empty_batches": empty}
+
+
+def dp_device(cfg: TrainConfig) -> torch.device:
+    """train.device for DP-SGD, which always runs in float32: per-example norms and clipping in
+    bf16/fp16 could let a clipped gradient exceed privacy.max-grad-norm, the bound the ledger's
+    accounting assumes. Where the steps run does not change the accounting."""
+    device = resolve_device(cfg.device)
+    if cfg.precision in ("bf16", "fp16"):
+        raise ConfigError(f"config key `train.precision` = {cfg.precision!r} with privacy.dp: DP-SGD "
+                          "clips per-example gradients in float32; set train.precision=auto or fp32")
+    return device
 
 
 def micro_batches(idx: np.ndarray, lengths: np.ndarray, *, slack: float = 1.5,

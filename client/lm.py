@@ -25,6 +25,7 @@ from common.data import (
     validate_frame,
 )
 from common.data.config import split_fractions
+from common.device import Accel, model_device
 from common.errors import DataError
 from common.metrics import lm_metrics, lm_tokens, rouge_l_f1
 
@@ -84,9 +85,11 @@ def token_nll(model: torch.nn.Module, data: Encoded, *, pad_id: int = 0,
               batch_size: int = 32) -> tuple[float, int]:
     """Summed next-token NLL over response tokens, and their count."""
     model.eval()
+    move = Accel(device=model_device(model)).move  # runs where the model is (train.device)
     total, count = 0.0, 0
     for ids, mask, labels, _ in batches(data, batch_size=batch_size, shuffle=False, rng=None,
                                         pad_id=pad_id):
+        ids, mask, labels = move(ids, mask, labels)
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         target = labels[:, 1:]
         total += float(torch.nn.functional.cross_entropy(
@@ -100,6 +103,7 @@ def generate(model: torch.nn.Module, tokenizer, prompts: list[list[int]], *, max
              pad_id: int = 0, batch_size: int = 16) -> list[str]:
     """Greedy continuations of tokenised prompts (left-padded batches), decoded."""
     model.eval()
+    move = Accel(device=model_device(model)).move
     out: list[str] = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
@@ -109,10 +113,11 @@ def generate(model: torch.nn.Module, tokenizer, prompts: list[list[int]], *, max
         for row, p in enumerate(chunk):
             ids[row, width - len(p):] = torch.as_tensor(p)
             mask[row, width - len(p):] = 1
+        ids, mask = move(ids, mask)
         gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
                              do_sample=False, pad_token_id=pad_id,
                              eos_token_id=tokenizer.eos_token_id)
-        out += tokenizer.batch_decode(gen[:, width:], skip_special_tokens=True)
+        out += tokenizer.batch_decode(gen[:, width:].cpu(), skip_special_tokens=True)
     return out
 
 

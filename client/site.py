@@ -5,9 +5,11 @@ stays, so reloading the model and re-tokenising every round is pure waste."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,7 @@ import torch
 from client.dp_trainer import train_dp
 from client.lm import encode_lm, evaluate_lm, prepare_lm_site
 from client.privacy import PrivacyLedger, secure_rng, secure_seed, server_round_of
+from client.probe import resolve_batch_size
 from client.trainer import (
     Encoded,
     Schedule,
@@ -31,6 +34,7 @@ from client.trainer import (
 from common.adapter import FFA_FROZEN, get_state, set_state
 from common.config import RunConfig, from_flat
 from common.data import prepare_site
+from common.device import accel_for, place
 from common.errors import ConfigError
 from common.metrics import softmax, tune_threshold
 from common.model import build_model
@@ -94,8 +98,15 @@ class Site:
                                     label_names=self.label_names or None, task=self.task,
                                     site_dir=facts.site_dir)
         self.report, self.fingerprint = prepared.report, prepared.fingerprint
-        built = build_model(cfg.model, num_labels=self.num_labels, seed=cfg.train.seed, task=self.task)
+        if cfg.privacy.dp and cfg.train.grad_accum > 1:
+            raise ConfigError("train.grad-accum > 1 with privacy.dp: DP-SGD already accumulates "
+                              "length-sorted micro-batches of each Poisson batch (expected size "
+                              "train.batch-size); set train.grad-accum=1 and raise train.batch-size")
+        self.accel = accel_for(cfg.train)  # a clear ConfigError now when CUDA is asked for and absent
+        built = build_model(cfg.model, num_labels=self.num_labels, seed=cfg.train.seed, task=self.task,
+                            device=self.accel.device)
         self.model, self.tokenizer = built.model, built.tokenizer
+        place(self.model, self.accel.device)
         self.exclude = FFA_FROZEN if cfg.ffa else ()
         if cfg.ffa:  # A stays at the init every party derives from the shared seed
             for name, p in self.model.named_parameters():
@@ -116,6 +127,12 @@ class Site:
         # class weights come from this site's own train counts, never from other sites
         self.loss = make_loss(cfg.train, train_labels=self.splits["train"].labels,
                               num_labels=self.num_labels)
+        size, how = resolve_batch_size(self.model, self.splits["train"], cfg=cfg.train, loss=self.loss,
+                                       pad_id=self.pad_id, site_dir=facts.site_dir, dp=cfg.privacy.dp)
+        if size != cfg.train.batch_size:  # `auto` resolved: every later step uses the number
+            self.cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=size))
+        print(f"fedtune {facts.name}: {self.accel.describe()}, batch size {size} ({how}), "
+              f"grad-accum {cfg.train.grad_accum}", file=sys.stderr, flush=True)
         self.setup_seconds = time.perf_counter() - t0
 
     @staticmethod

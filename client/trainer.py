@@ -12,14 +12,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from client.losses import IGNORE, Loss, loss_fn, make_loss  # noqa: F401 - re-exported
 from common.config import TrainConfig
-from common.metrics import (
-    balanced_class_weights,
-    classification_metrics,
-    regression_metrics,
-)
-
-IGNORE = -100  # label of tokens that carry no loss (prompt and padding of a causal LM)
+from common.device import Accel, accel_for, model_device, place
+from common.errors import ConfigError
+from common.metrics import classification_metrics, regression_metrics
 
 
 @dataclass
@@ -116,7 +113,11 @@ class Schedule:
 
 
 def steps_per_round(n_train: int, cfg: TrainConfig) -> int:
-    return max(1, math.ceil(cfg.local_epochs * n_train / cfg.batch_size))
+    """Optimizer steps per round: each sees train.batch-size x train.grad-accum rows."""
+    if not isinstance(cfg.batch_size, int):
+        raise ConfigError(f"train.batch-size = {cfg.batch_size!r} is not resolved yet: the site "
+                          "resolves `auto` by probing its device (client.probe.resolve_batch_size)")
+    return max(1, math.ceil(cfg.local_epochs * n_train / (cfg.batch_size * cfg.grad_accum)))
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -135,49 +136,6 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
 
 
-def loss_fn(logits: torch.Tensor, labels: torch.Tensor,
-            class_weights: torch.Tensor | None = None, *, focal_gamma: float | None = None) -> torch.Tensor:
-    """MSE for float targets, next-token cross-entropy on labelled tokens for a causal LM (labels
-    of shape batch x tokens), else (weighted) cross-entropy or, with `focal_gamma`, focal loss."""
-    F = torch.nn.functional
-    if labels.dtype == torch.float32:
-        return F.mse_loss(logits.squeeze(-1), labels)
-    if labels.dim() == 2:  # causal LM: token t predicts token t+1
-        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
-                               ignore_index=IGNORE)
-    if focal_gamma is None:
-        return F.cross_entropy(logits, labels, weight=class_weights)
-    logp = F.log_softmax(logits.float(), dim=-1).gather(1, labels[:, None]).squeeze(1)
-    focal = -((1 - logp.exp()) ** focal_gamma) * logp
-    if class_weights is None:
-        return focal.mean()
-    w = class_weights[labels]
-    return (w * focal).sum() / w.sum()
-
-
-@dataclass(frozen=True)
-class Loss:
-    """The task loss a site trains with (train.loss, train.class-weights), as one callable."""
-
-    class_weights: torch.Tensor | None = None
-    focal_gamma: float | None = None
-
-    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return loss_fn(logits, labels, self.class_weights, focal_gamma=self.focal_gamma)
-
-
-def make_loss(cfg: TrainConfig, *, train_labels: np.ndarray | None = None, num_labels: int = 0) -> Loss:
-    """train.loss / train.class-weights for a classification task; class weights come from THIS
-    site's own train counts (`train_labels`). Other tasks get their plain loss."""
-    if num_labels < 2:
-        return Loss()
-    weights = None
-    if cfg.class_weights == "balanced" and train_labels is not None:
-        weights = torch.as_tensor(balanced_class_weights(train_labels, num_labels=num_labels),
-                                  dtype=torch.float32)
-    return Loss(class_weights=weights, focal_gamma=cfg.focal_gamma if cfg.loss == "focal" else None)
-
-
 def proximal_term(anchor: list[tuple[torch.Tensor, torch.Tensor]], mu: float) -> torch.Tensor:
     """FedProx: mu/2 * ||w - w_global||^2 over the trainable parameters."""
     return 0.5 * mu * sum(((p - g) ** 2).sum() for p, g in anchor)
@@ -189,30 +147,51 @@ def train(model: torch.nn.Module, data: Encoded, *, cfg: TrainConfig, schedule: 
           steps: int | None = None) -> dict[str, float]:
     """Run this round's local steps (`steps`, default train.local-epochs worth); returns the mean
     task loss and counts. With `proximal_mu` > 0 (FedProx) the loss also pulls the trainable
-    parameters towards their values at the start of the call — the received global state."""
+    parameters towards their values at the start of the call — the received global state.
+    Runs on train.device in train.precision; each step accumulates train.grad-accum
+    micro-batches of train.batch-size rows (the same gradient as one batch that many times
+    bigger, up to float rounding)."""
+    accel = accel_for(cfg)
+    place(model, accel.device)
     model.train()
     loss = loss or Loss()
+    if loss.class_weights is not None and accel.device.type != "cpu":
+        loss = Loss(class_weights=loss.class_weights.to(accel.device), focal_gamma=loss.focal_gamma)
     opt = make_optimizer(model, cfg)
+    scaler = accel.scaler()
     params = [p for g in opt.param_groups for p in g["params"]]
     anchor = [(p, p.detach().clone()) for p in params] if proximal_mu > 0 else []
     steps = steps or steps_per_round(len(data), cfg)
     done, seen, loss_sum = 0, 0, 0.0
     bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False)
     while done < steps:
-        for ids, mask, y, _ in batches(data, batch_size=cfg.batch_size, shuffle=True, rng=rng,
-                                       pad_id=pad_id):
+        for ids, mask, y, _ in batches(data, batch_size=cfg.batch_size * cfg.grad_accum,
+                                       shuffle=True, rng=rng, pad_id=pad_id):
             factor = lr_factor(schedule.start_step + done, total=schedule.total_steps,
                                warmup=schedule.warmup_steps, schedule=cfg.schedule)
             for g in opt.param_groups:
                 g["lr"] = g["base_lr"] * factor
-            task_loss = loss(model(input_ids=ids, attention_mask=mask).logits, y)
-            total = task_loss + proximal_term(anchor, proximal_mu) if anchor else task_loss
-            total.backward()
+            step_loss = 0.0
+            for k, (m_ids, m_mask, m_y, share) in enumerate(micro_split(ids, mask, y, cfg, loss)):
+                m_ids, m_mask, m_y = accel.move(m_ids, m_mask, m_y)
+                with accel.autocast():
+                    task_loss = loss(model(input_ids=m_ids, attention_mask=m_mask).logits, m_y)
+                total = task_loss if share is None else task_loss * share
+                if anchor and k == 0:
+                    total = total + proximal_term(anchor, proximal_mu)
+                (scaler.scale(total) if scaler else total).backward()
+                step_loss += float(task_loss.detach()) * (1.0 if share is None else share)
+            if scaler:
+                scaler.unscale_(opt)
             if cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-            opt.step()
+            if scaler:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
             opt.zero_grad(set_to_none=True)
-            loss_sum += float(task_loss.detach()) * len(y)
+            loss_sum += step_loss * len(y)
             seen += len(y)
             done += 1
             bar.update(1)
@@ -222,15 +201,43 @@ def train(model: torch.nn.Module, data: Encoded, *, cfg: TrainConfig, schedule: 
     return {"train_loss": loss_sum / max(1, seen), "num_examples": seen, "steps": done}
 
 
+def micro_split(ids: torch.Tensor, mask: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
+                loss: Loss):
+    """Cut one (length-sorted) batch into train.grad-accum micro-batches of train.batch-size
+    rows, each trimmed to its own longest row. Yields (ids, mask, labels, share): `share` is the
+    micro-batch's part of the batch loss's normaliser (rows, labelled tokens of a causal LM, or
+    class weights), so the shares' weighted sum equals the whole batch's mean loss; None when the
+    batch is not cut."""
+    if cfg.grad_accum == 1 or len(y) <= cfg.batch_size:
+        yield ids, mask, y, None
+        return
+
+    def norm(labels: torch.Tensor) -> float:
+        if labels.dim() == 2:  # causal LM: the mean is over labelled next tokens
+            return float((labels[:, 1:] != IGNORE).sum())
+        if loss.class_weights is not None:  # weighted CE / focal: sum(w l) / sum(w)
+            return float(loss.class_weights.cpu()[labels].sum())
+        return float(len(labels))
+
+    whole = norm(y)
+    for start in range(0, len(y), cfg.batch_size):
+        part = slice(start, start + cfg.batch_size)
+        width = max(1, int(mask[part].sum(dim=1).max()))
+        m_y = y[part][:, :width] if y.dim() == 2 else y[part]
+        yield ids[part, :width], mask[part, :width], m_y, norm(m_y) / max(whole, 1e-12)
+
+
 @torch.inference_mode()
 def predict(model: torch.nn.Module, data: Encoded, *, batch_size: int = 128,
             pad_id: int = 0) -> np.ndarray:
     """Logits for every row of `data`, in the original row order."""
     model.eval()
+    device = model_device(model)
     out: np.ndarray | None = None
     for ids, mask, _, idx in batches(data, batch_size=batch_size, shuffle=False, rng=None,
                                      pad_id=pad_id):
-        logits = model(input_ids=ids, attention_mask=mask).logits.float().numpy()
+        ids, mask = Accel(device=device).move(ids, mask)
+        logits = model(input_ids=ids, attention_mask=mask).logits.float().cpu().numpy()
         if out is None:
             out = np.zeros((len(data), logits.shape[1]), dtype=np.float32)
         out[idx] = logits

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.device import to_wire
 from common.errors import ModelError
 
 
@@ -26,14 +27,15 @@ FFA_FROZEN = ("lora_A",)  # under FFA-LoRA these stay at the shared seeded init 
 def get_state(model: torch.nn.Module, *, exclude: tuple[str, ...] = ()) -> "OrderedDict[str, torch.Tensor]":
     """The trainable state that leaves a site: the PEFT adapter (LoRA + head), or every trainable
     parameter under full fine-tuning; keys containing any `exclude` part are left out (FFA-LoRA's
-    frozen A). Tensors are detached CPU copies."""
+    frozen A). Tensors are detached CPU float32 copies whatever device and dtype the model ran in
+    (a GPU site and a CPU site send the same thing; the coordinator never needs a GPU)."""
     if is_peft(model):
         from peft import get_peft_model_state_dict
 
         state = get_peft_model_state_dict(model)
     else:
         state = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    return OrderedDict((k, v.detach().cpu().clone()) for k, v in state.items()
+    return OrderedDict((k, to_wire(v)) for k, v in state.items()
                        if not any(part in k for part in exclude))
 
 

@@ -106,7 +106,13 @@ def _sections() -> dict[str, type]:
 def _coerce(key: str, value: Any, typ: Any) -> Any:
     """Convert `value` (from TOML or a CLI string) to `typ`, or raise ConfigError."""
     if isinstance(typ, types.UnionType):
-        typ = next(t for t in typing.get_args(typ) if t is not type(None))
+        options = [t for t in typing.get_args(typ) if t is not type(None)]
+        for option in options[:-1]:  # int | str (train.batch-size = 32 or "auto"): first that fits
+            try:
+                return _coerce(key, value, option)
+            except ConfigError:
+                pass
+        typ = options[-1]
     from_cli = isinstance(value, str) and typ is not str
     if typ is bool:
         if isinstance(value, bool):

@@ -150,10 +150,44 @@ class _Frozen:
         return _layer_index(name) in self.layers or any(matches_pattern(name, p) for p in self.patterns)
 
 
-def _load(base: str, task: str, num_labels: int):
+def quantization(cfg: ModelConfig, *, task: str, device: torch.device | None):
+    """model.quantize as a transformers BitsAndBytesConfig (None = full precision). Only a site
+    (which passes its `device`) quantizes: the coordinator builds the same LoRA shapes on a
+    full-precision base, so it never needs a GPU or bitsandbytes."""
+    if cfg.quantize == "none" or device is None:
+        return None
+    if task != "causal-lm":
+        raise ModelError(f"model.quantize = {cfg.quantize!r} applies to causal-lm sites (QLoRA), not "
+                         f"{task}: set model.quantize=none")
+    if device.type != "cuda":
+        raise ModelError(f"model.quantize = {cfg.quantize!r} needs a CUDA GPU (bitsandbytes 8-/4-bit "
+                         f"kernels) but this site runs on {device}: set model.quantize=none on a "
+                         "CPU-only machine, or train.device=cuda on a machine with a GPU")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as err:
+        raise ModelError(f"model.quantize = {cfg.quantize!r} needs bitsandbytes, which is not "
+                         "installed: run `pip install 'fedtune[gpu]'`, or set model.quantize=none") from err
+    from transformers import BitsAndBytesConfig
+
+    if cfg.quantize == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                              bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=compute)
+
+
+def _load(base: str, task: str, num_labels: int, *, bnb=None, device: torch.device | None = None):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     try:
+        if task == "causal-lm" and bnb is not None:
+            from peft import prepare_model_for_kbit_training
+
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            model = AutoModelForCausalLM.from_pretrained(base, quantization_config=bnb,
+                                                         device_map={"": index})
+            return prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
         if task == "causal-lm":
             return AutoModelForCausalLM.from_pretrained(base)
         return AutoModelForSequenceClassification.from_pretrained(base, num_labels=num_labels)
@@ -163,7 +197,8 @@ def _load(base: str, task: str, num_labels: int):
 
 
 def build_model(cfg: ModelConfig, *, num_labels: int, seed: int = 0,
-                task: str | None = None, labels: list[str] | None = None) -> BuiltModel:
+                task: str | None = None, labels: list[str] | None = None,
+                device: torch.device | None = None) -> BuiltModel:
     """Base model + head + LoRA/full, with frozen layers/modules (model.freeze-layers/-modules).
 
     `task` picks the head: a causal LM (no new head, LoRA task CAUSAL_LM) for "causal-lm", else a
@@ -172,6 +207,8 @@ def build_model(cfg: ModelConfig, *, num_labels: int, seed: int = 0,
     `seed` fixes the head's and LoRA's initialisation: every site and the coordinator build the
     same starting point (the coordinator's initial arrays overwrite it anyway). `labels` (the
     coordinator passes them) let model.head-init = label-names start the head from their names.
+    `device` (a site's train.device) is where a model.quantize base is loaded; the model is
+    otherwise built on the CPU and the trainer moves it.
     """
     from transformers import AutoConfig
 
@@ -182,8 +219,9 @@ def build_model(cfg: ModelConfig, *, num_labels: int, seed: int = 0,
         hf_cfg = AutoConfig.from_pretrained(base)
     except (OSError, ValueError) as err:
         raise ModelError(f"cannot read the model config in {base}: {err}") from err
+    bnb = quantization(cfg, task=task, device=device)
     torch.manual_seed(seed)
-    model = _load(base, task, num_labels)
+    model = _load(base, task, num_labels, bnb=bnb, device=device)
     tokenizer = load_tokenizer(base)
     if tokenizer.pad_token_id is None and tokenizer.eos_token_id is not None:
         tokenizer.pad_token = tokenizer.eos_token  # decoder-only models often ship no pad token

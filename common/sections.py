@@ -4,6 +4,7 @@ mirrors 1:1 into Flower's flat run config as `section.key`) and every section va
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ TASKS = ("classification", "regression", "causal-lm")
 FINETUNE = ("lora", "full")
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad")
 OPTIMIZERS = ("adamw", "sgd")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+QUANTIZE = ("none", "8bit", "4bit")
 
 
 def _check(cond: bool, key: str, value: Any, fix: str) -> None:
@@ -78,8 +81,13 @@ class ModelConfig:
     # random | label-names: the coordinator starts the classification head from the base model's
     # own embeddings of the label names (public; zero-shot before training; helps DP-SGD most)
     head_init: str = "random"
+    # causal-lm on a CUDA site: load the frozen base in 8 or 4 bits (bitsandbytes, QLoRA); LoRA
+    # and what travels stay float32. Needs `pip install 'fedtune[gpu]'`; refused on a CPU.
+    quantize: str = "none"  # none | 8bit | 4bit
 
     def __post_init__(self) -> None:
+        _check(self.quantize in QUANTIZE, "model.quantize", self.quantize,
+               "use none, 8bit or 4bit (8bit/4bit need a CUDA GPU and `pip install 'fedtune[gpu]'`)")
         _check(self.finetune in FINETUNE, "model.finetune", self.finetune, "use `lora` or `full`")
         _check(self.max_length >= 8, "model.max-length", self.max_length, "use at least 8 tokens")
         _check(self.lora_r >= 1, "model.lora-r", self.lora_r, "use a rank >= 1 (8 or 16 are typical)")
@@ -96,7 +104,12 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     local_epochs: float = 1.0  # passes over the site's train split per round (fractions allowed)
-    batch_size: int = 32
+    # rows per forward pass; "auto" = the largest that fits the GPU (a short probe; 32 on a CPU).
+    # An optimizer step sees batch-size x grad-accum rows.
+    batch_size: int | str = 32
+    grad_accum: int = 1  # micro-batches accumulated per optimizer step
+    device: str = "auto"  # auto (CUDA when available) | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (bf16 on a CUDA card that has it, else fp32) | fp32 | bf16 | fp16
     learning_rate: float = 3e-3
     head_learning_rate: float = 1e-2  # the new classifier head learns faster; 0 = same as learning-rate
     weight_decay: float = 0.01
@@ -119,7 +132,13 @@ class TrainConfig:
         _check(self.loss in ("ce", "focal"), "train.loss", self.loss, "use ce or focal")
         _check(self.focal_gamma >= 0, "train.focal-gamma", self.focal_gamma, "use 0 or more (2 is usual)")
         _check(self.local_epochs > 0, "train.local-epochs", self.local_epochs, "use a value > 0")
-        _check(self.batch_size >= 1, "train.batch-size", self.batch_size, "use 1 or more")
+        _check(self.batch_size == "auto" or (isinstance(self.batch_size, int) and self.batch_size >= 1),
+               "train.batch-size", self.batch_size, "expected int >= 1 or \"auto\" (probe the GPU)")
+        _check(self.grad_accum >= 1, "train.grad-accum", self.grad_accum, "use 1 (off) or more")
+        _check(self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device) is not None,
+               "train.device", self.device, "use auto, cpu, cuda or cuda:N (e.g. cuda:0)")
+        _check(self.precision in PRECISIONS, "train.precision", self.precision,
+               "use auto, fp32, bf16 or fp16")
         _check(self.learning_rate > 0, "train.learning-rate", self.learning_rate, "use a value > 0")
         _check(self.head_learning_rate >= 0, "train.head-learning-rate", self.head_learning_rate,
                "use 0 (same as learning-rate) or a positive value")

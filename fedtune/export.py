@@ -27,6 +27,7 @@ import torch
 import fedtune
 from common.adapter import atomic_dir, read_labels
 from common.config import RunConfig, from_flat, load_toml
+from common.device import model_device, place, resolve_device
 from common.errors import FedtuneError, ModelError
 from common.model import load_tokenizer, model_fingerprint, quiet_transformers, resolve_base
 
@@ -117,7 +118,10 @@ def probe_inputs(tokenizer, *, rows: int = 32, max_length: int = 64,
 
 @torch.inference_mode()
 def logits_of(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    return model(**inputs).logits.float()
+    """Float32 CPU logits; the inputs go to wherever the model is."""
+    device = model_device(model)
+    inputs = {k: v.to(device) for k, v in inputs.items()}
+    return model(**inputs).logits.float().cpu()
 
 
 def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
@@ -151,12 +155,16 @@ def refuse_overwrite(out: Path, *, force: bool, protect: Path) -> None:
 
 
 def export_run(run_dir: str | Path, *, out: str | Path, int8: bool = False, force: bool = False,
-               tolerance: float = TOLERANCE) -> dict:
-    """Write the export directory (see the module docstring); returns export.json's content."""
+               tolerance: float = TOLERANCE, device: str | None = None) -> dict:
+    """Write the export directory (see the module docstring); returns export.json's content.
+    The merge and its logit check run on `device` (None = the run's train.device); the saved
+    weights are CPU float32 either way, and the int8 model is made and checked on the CPU."""
     info = load_run(run_dir)
     out = Path(out)
     refuse_overwrite(out, force=force, protect=info.run_dir)
+    dev = resolve_device(device or info.cfg.train.device)
     model, tokenizer = load_adapter_model(info)
+    place(model, dev)
     probe = probe_inputs(tokenizer, max_length=min(info.cfg.model.max_length, 64), seed=info.cfg.train.seed)
     reference = logits_of(model, probe)
     with atomic_dir(out) as tmp:
@@ -165,11 +173,11 @@ def export_run(run_dir: str | Path, *, out: str | Path, int8: bool = False, forc
         if info.labels and info.num_labels > 1:
             merged.config.id2label = dict(enumerate(info.labels))
             merged.config.label2id = {name: i for i, name in enumerate(info.labels)}
-        merged.save_pretrained(str(tmp))
+        merged.to("cpu").save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         from transformers import AutoModelForSequenceClassification
 
-        reloaded = AutoModelForSequenceClassification.from_pretrained(str(tmp)).eval()
+        reloaded = place(AutoModelForSequenceClassification.from_pretrained(str(tmp)).eval(), dev)
         diff = float((logits_of(reloaded, probe) - reference).abs().max())
         if not diff < tolerance:
             raise ModelError(f"the merged model's logits differ from the adapter's by {diff:.3g} "
@@ -181,6 +189,7 @@ def export_run(run_dir: str | Path, *, out: str | Path, int8: bool = False, forc
                 "seed": info.cfg.train.seed, "data": dataclasses.asdict(info.cfg.data),
                 "max_abs_logit_diff": diff, "int8": int8}
         if int8:
+            reloaded.to("cpu")  # dynamic int8 quantisation is a CPU feature
             qmodel = quantize_int8(reloaded)
             (tmp / "int8").mkdir()
             reloaded.config.save_pretrained(str(tmp / "int8"))

@@ -3,6 +3,7 @@
 
     tuner = FineTuner(base_model=None, task_type="classification", num_classes=5)
     tuner.set_params(learning_rate=3e-3, batch_size=32, epochs=5, optimizer="adamw")
+    # on a GPU box: tuner.set_params(device="cuda", precision="bf16", batch_size="auto")
     tuner.fit(train_texts, train_labels, val_texts, val_labels)
     tuner.evaluate(test_texts, test_labels); tuner.predict(texts); tuner.save("out/")
 """
@@ -29,15 +30,17 @@ from client.trainer import (
     steps_per_round,
     train,
 )
+from client.probe import resolve_batch_size
 from common.adapter import get_state, save_adapter, set_state
 from common.config import ModelConfig, TrainConfig
+from common.device import accel_for, place
 from common.errors import ConfigError
 from common.metrics import softmax, tune_threshold
 from common.model import build_model, model_fingerprint
 
 TASK_TYPES = ("classification", "regression")
 _MODEL_PARAMS = ("max_length", "finetune", "lora_r", "lora_alpha", "lora_dropout", "target_modules",
-                 "freeze_layers", "freeze_modules", "head_init")
+                 "freeze_layers", "freeze_modules", "head_init")  # model.quantize is causal-lm only
 _TRAIN_PARAMS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.name != "local_epochs")
 _OWN_PARAMS = {"epochs": 5, "patience": 2, "verbose": True}  # early stopping on the val split
 
@@ -137,14 +140,20 @@ class FineTuner:
                               "give the same positive number of each")
         self._fix_labels(list(train_labels) + list(val_labels or []))
         cfg, seed = self.train_cfg, self.train_cfg.seed
+        accel = accel_for(cfg)  # a clear ConfigError when CUDA is asked for and absent
         built = build_model(self.model_cfg, num_labels=self._num_outputs, seed=seed,
-                            labels=self.label_names if self.task_type == "classification" else None)
-        self.model, self.tokenizer = built.model, built.tokenizer
+                            labels=self.label_names if self.task_type == "classification" else None,
+                            device=accel.device)
+        self.model, self.tokenizer = place(built.model, accel.device), built.tokenizer
         self._base = built.base
         pad = self.tokenizer.pad_token_id or 0
         data = self._encode(train_data, train_labels)
         val = self._encode(val_data, val_labels) if val_data is not None and len(val_data) else None
         loss = make_loss(cfg, train_labels=data.labels, num_labels=self._num_outputs)
+        size, how = resolve_batch_size(self.model, data, cfg=cfg, loss=loss, pad_id=pad)
+        cfg = dataclasses.replace(cfg, batch_size=size)
+        if self.params["verbose"]:
+            print(f"device {accel.describe()}, batch size {size} ({how}), grad-accum {cfg.grad_accum}")
         per_epoch = steps_per_round(len(data), dataclasses.replace(cfg, local_epochs=1.0))
         total = per_epoch * self.params["epochs"]
         rng = np.random.default_rng(seed)

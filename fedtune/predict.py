@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from client.trainer import batches, encode
 from common.data import DataConfig, clean_text, load_table, scrub_frame, validate_frame
 from common.data.load import atomic_write_bytes, row_ref
+from common.device import Accel, place, resolve_device
 from common.errors import DataError, ModelError
 from common.metrics import softmax
 from common.model import load_tokenizer, quiet_transformers
@@ -42,10 +43,13 @@ class Predictor:
     max_length: int
     data: DataConfig
     seed: int = 0
+    device: torch.device = torch.device("cpu")  # where the model runs (train.device)
 
 
-def load_predictor(model_dir: str | Path) -> Predictor:
-    """An export dir (merged model; or its int8/ folder) or a run dir (base model + adapter)."""
+def load_predictor(model_dir: str | Path, *, device: str | None = None) -> Predictor:
+    """An export dir (merged model; or its int8/ folder) or a run dir (base model + adapter), on
+    `device` (auto | cpu | cuda[:N]; None = a run dir's train.device, else auto). The int8 model
+    is a CPU model (dynamic quantisation) and always runs on the CPU."""
     from transformers import AutoModelForSequenceClassification
 
     from fedtune.export import INT8_WEIGHTS, load_adapter_model, load_int8, load_run
@@ -55,15 +59,18 @@ def load_predictor(model_dir: str | Path) -> Predictor:
     if (d / "config.toml").is_file() and (d / "adapter").is_dir():
         info = load_run(d)
         model, tok = load_adapter_model(info)
-        return Predictor(model=model, tokenizer=tok, labels=info.labels, task=info.cfg.task.type,
-                         max_length=info.cfg.model.max_length, data=info.cfg.data, seed=info.cfg.train.seed)
+        dev = resolve_device(device or info.cfg.train.device)
+        return Predictor(model=place(model, dev), tokenizer=tok, labels=info.labels, task=info.cfg.task.type,
+                         max_length=info.cfg.model.max_length, data=info.cfg.data, seed=info.cfg.train.seed,
+                         device=dev)
     if not (d / "config.json").is_file():
         raise ModelError(f"{d} is neither a `fedtune export` directory (config.json + model weights) nor a "
                          "run directory (config.toml + adapter/): pass one of those as MODEL_DIR")
     meta_path = d / "export.json" if (d / "export.json").is_file() else d.parent / "export.json"
     meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
+    dev = resolve_device(device or "auto")
     if (d / INT8_WEIGHTS).is_file():
-        model = load_int8(d)
+        model, dev = load_int8(d), torch.device("cpu")
     else:
         try:
             model = AutoModelForSequenceClassification.from_pretrained(str(d)).eval()
@@ -72,9 +79,9 @@ def load_predictor(model_dir: str | Path) -> Predictor:
     id2label = getattr(model.config, "id2label", {}) or {}
     labels = meta.get("labels") or [str(id2label[i]) for i in sorted(id2label)]
     data = DataConfig(**meta["data"]) if meta.get("data") else DataConfig()
-    return Predictor(model=model.eval(), tokenizer=load_tokenizer(str(d)), labels=list(labels),
+    return Predictor(model=place(model.eval(), dev), tokenizer=load_tokenizer(str(d)), labels=list(labels),
                      task=meta.get("task", "classification"), max_length=int(meta.get("max_length", 128)),
-                     data=data, seed=int(meta.get("seed", 0)))
+                     data=data, seed=int(meta.get("seed", 0)), device=dev)
 
 
 def read_input(path: str | Path, *, pred: Predictor) -> tuple[pd.DataFrame, bool]:
@@ -112,8 +119,10 @@ def predict_scores(pred: Predictor, texts: list[str], *, batch_size: int = 64,
     out = np.zeros((len(texts), max(1, len(pred.labels)) if pred.task != "regression" else 1), np.float32)
     pad = int(getattr(pred.tokenizer, "pad_token_id", 0) or 0)
     bar = tqdm(total=len(texts), desc="predict", unit="row", disable=not progress)
+    move = Accel(device=pred.device).move
     for ids, mask, _, idx in batches(data, batch_size=batch_size, shuffle=False, rng=None, pad_id=pad):
-        logits = pred.model(input_ids=ids, attention_mask=mask).logits.float().numpy()
+        ids, mask = move(ids, mask)
+        logits = pred.model(input_ids=ids, attention_mask=mask).logits.float().cpu().numpy()
         out[idx] = logits if pred.task == "regression" else softmax(logits.astype(np.float64))
         bar.update(len(idx))
     bar.close()
@@ -148,14 +157,15 @@ def format_output(frame: pd.DataFrame, scores: np.ndarray, *, pred: Predictor, h
 
 
 def predict_file(model_dir: str | Path, *, data: str | Path, out: str | Path, batch_size: int = 64,
-                 text_column: str | None = None, progress: bool = True) -> dict:
-    """Predict every row of `data` and write `out` atomically; returns counts and throughput."""
+                 text_column: str | None = None, progress: bool = True, device: str | None = None) -> dict:
+    """Predict every row of `data` and write `out` atomically; returns counts and throughput.
+    `device`: auto | cpu | cuda[:N] (None = the run's train.device, or auto)."""
     out = Path(out)
     fmt = OUTPUT_FORMATS.get(out.suffix.lower())
     if fmt is None:
         raise DataError(f"--out {out}: unsupported output type {out.suffix!r}; fix: end the name with "
                         f"{' or '.join(sorted(OUTPUT_FORMATS))}")
-    pred = load_predictor(model_dir)
+    pred = load_predictor(model_dir, device=device)
     if text_column:
         pred.data = dataclasses.replace(pred.data, text_column=text_column, template="")
     frame, has_labels = read_input(data, pred=pred)
@@ -163,7 +173,7 @@ def predict_file(model_dir: str | Path, *, data: str | Path, out: str | Path, ba
     scores = predict_scores(pred, frame["text"].tolist(), batch_size=batch_size, progress=progress)
     seconds = time.perf_counter() - t0
     atomic_write_bytes(out, format_output(frame, scores, pred=pred, has_labels=has_labels, fmt=fmt))
-    result = {"rows": len(frame), "seconds": round(seconds, 3),
+    result = {"rows": len(frame), "seconds": round(seconds, 3), "device": str(pred.device),
               "rows_per_s": round(len(frame) / max(seconds, 1e-9), 1), "out": str(out)}
     if has_labels and pred.task != "regression":
         result["accuracy"] = float((scores.argmax(axis=1) == frame["label"].to_numpy()).mean())
