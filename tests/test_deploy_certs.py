@@ -33,7 +33,9 @@ def test_layout_permissions_and_formats(tmp_path):
         assert _mode(out / private) == 0o600, private
     for public in ("coordinator/ca.crt", "coordinator/sites/bank-a.pub", "site-hosp-b/ca.crt"):
         assert _mode(out / public) == 0o644, public
-    assert set(cert_sans(out / "coordinator/coordinator.crt")) == {"127.0.0.1", "coord.example.org"}
+    # loopback names are always in: the operator reaches the Control API on 127.0.0.1
+    assert set(cert_sans(out / "coordinator/coordinator.crt")) == {"127.0.0.1", "localhost",
+                                                                  "coord.example.org"}
     ca = x509.load_pem_x509_certificate((out / "ca/ca.crt").read_bytes())
     server = x509.load_pem_x509_certificate((out / "coordinator/coordinator.crt").read_bytes())
     server.verify_directly_issued_by(ca)  # raises if the chain is broken
@@ -63,7 +65,8 @@ def test_never_overwrites_without_force_and_adds_sites(tmp_path):
         make_certs(out, sites=["a"], sans=["10.0.0.5"])
     make_certs(out, sites=["a"], sans=["10.0.0.5"], force=True)
     assert (out / "ca/ca.crt").read_bytes() != before[out / "ca/ca.crt"]
-    assert cert_sans(out / "coordinator/coordinator.crt") == [str(ipaddress.ip_address("10.0.0.5"))]
+    assert set(cert_sans(out / "coordinator/coordinator.crt")) == {
+        str(ipaddress.ip_address("10.0.0.5")), "127.0.0.1", "localhost"}
 
 
 @pytest.mark.parametrize("bad", ["", "a,a", "../x", "a b", "-lead"])

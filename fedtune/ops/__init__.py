@@ -7,6 +7,7 @@ connection file, and a TLS pre-flight that turns certificate problems into plain
 from __future__ import annotations
 
 import collections
+import ipaddress
 import json
 import os
 import signal
@@ -18,7 +19,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-from common.errors import FedtuneError
+from common.errors import ConfigError, FedtuneError
 from fedtune import flower
 
 MARKER_VAR = "FEDTUNE_OPS_MARKER"
@@ -34,6 +35,26 @@ def split_address(address: str, *, what: str = "--coordinator") -> tuple[str, in
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise FedtuneError(f"{what} {address!r} is not HOST:PORT: write e.g. {what} coord.example.org:9443")
     return host.strip("[]"), int(port)
+
+
+def is_loopback(host: str) -> bool:
+    """127.0.0.0/8, ::1 or localhost: an address no other machine can reach."""
+    host = host.strip("[]").lower()
+    if host in ("localhost", "localhost.", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def require_loopback(host: str, *, what: str, fix: str) -> None:
+    """--insecure (no TLS, no node authentication) is refused for any non-loopback address."""
+    if not is_loopback(host):
+        raise ConfigError(f"--insecure with {what} {host!r}: without TLS and node authentication "
+                          "anyone on the network could read the adapters or join and steer the "
+                          f"run, so --insecure is only allowed on 127.0.0.1 / ::1 / localhost. "
+                          f"{fix}")
 
 
 def write_connection(flwr_home: Path, *, address: str, ca: Path | None, name: str = "fedtune") -> None:

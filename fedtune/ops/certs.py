@@ -6,8 +6,15 @@ Layout of `--out DIR` (one folder per recipient, so "what goes where" is a copy 
     coordinator/ca.crt                    for the coordinator
     coordinator/coordinator.{crt,key}     its TLS identity (SANs from --san)
     coordinator/sites/<name>.pub          site public keys to enroll (`fedtune coordinator enroll`)
-    site-<name>/ca.crt                    for site <name>: the CA that verifies the coordinator,
-    site-<name>/<name>.{key,pub}          and its own node-authentication key pair
+    site-<name>/ca.crt                    for site <name>: the CA that verifies the coordinator
+
+Site keys are made AT each site (`fedtune site keygen --name N --out DIR`, fedtune/ops/keys.py);
+only `N.pub` travels here and `--site-keys DIR` (a folder of <name>.pub) copies them to
+coordinator/sites/ for enrolment. Without --site-keys (a demo or a test on one machine) this
+command still makes each site's pair in site-<name>/<name>.{key,pub}, with a warning: whoever
+ran it could then impersonate every site.
+The coordinator certificate always covers 127.0.0.1 and localhost as well as --san: the
+operator reaches the Control API on the coordinator's loopback address (fedtune/ops/proxy.py).
 
 Site keys are EC P-384 in OpenSSH format, which Flower 1.42 expects (`flower-supernode
 --auth-supernode-private-key` loads an OpenSSH private key; `flwr supernode register` an OpenSSH
@@ -31,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from common.errors import ConfigError
+from fedtune.ops.keys import check_public_key
 
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 DEFAULT_SANS = ("127.0.0.1", "localhost")
@@ -44,6 +52,7 @@ class CertsReport:
     created: list[Path] = field(default_factory=list)
     kept: list[Path] = field(default_factory=list)
     sites: list[str] = field(default_factory=list)
+    site_keys_made_here: bool = False  # private site keys generated here (demo), not at the sites
 
 
 def parse_sites(text: str) -> list[str]:
@@ -135,10 +144,18 @@ def cert_sans(path: Path) -> list[str]:
 
 
 def make_certs(out: Path, *, sites: list[str], sans: list[str] | None = None, force: bool = False,
-               ca_days: int = 3650, cert_days: int = 825) -> CertsReport:
+               ca_days: int = 3650, cert_days: int = 825, site_keys: Path | None = None) -> CertsReport:
     """Create (or complete) the federation's key material under `out`; see the module docstring."""
-    asked = list(sans) if sans else None
+    asked = list(sans) + [s for s in DEFAULT_SANS if s not in sans] if sans else None
     sans = asked or list(DEFAULT_SANS)
+    if site_keys is not None:  # check every site's .pub before writing anything
+        missing = [n for n in sites if not (site_keys / f"{n}.pub").is_file()]
+        if missing:
+            raise ConfigError(f"--site-keys {site_keys}: no {missing[0]}.pub there: ask site "
+                              f"{missing[0]!r} to run `fedtune site keygen --name {missing[0]} --out "
+                              "DIR` and send you DIR/<name>.pub (never the .key)")
+        for n in sites:
+            check_public_key(site_keys / f"{n}.pub")
     for s in sans:
         _san(s)
     rep = CertsReport(out=out, sites=list(sites))
@@ -169,8 +186,12 @@ def make_certs(out: Path, *, sites: list[str], sans: list[str] | None = None, fo
         rep.kept.append(crt)
     _copy(ca_crt, coord / "ca.crt", rep)
     for name in sites:
-        _site(out, name, force=force, rep=rep)
+        if site_keys is not None:
+            _copy(site_keys / f"{name}.pub", coord / "sites" / f"{name}.pub", rep)
+        else:
+            _site(out, name, force=force, rep=rep)
         _copy(ca_crt, out / f"site-{name}" / "ca.crt", rep)
+    rep.site_keys_made_here = site_keys is None
     return rep
 
 
@@ -209,8 +230,13 @@ def handout(rep: CertsReport) -> str:
              f"                    then: fedtune coordinator start --certs {out / 'coordinator'}",
              f"                          fedtune coordinator enroll --certs {out / 'coordinator'} --site NAME"]
     for name in rep.sites:
-        lines.append(f"  site {name:<12} <-  {out / f'site-{name}'}/  (ca.crt, {name}.key — its own "
-                     "private key, never copied elsewhere)")
-    lines += ["", "  Every site gets ca.crt; each site only its own key; the coordinator gets the "
-              "site public keys (.pub) and enrolls them."]
+        own = f", {name}.key — its own private key, never copied elsewhere" \
+            if rep.site_keys_made_here else " — its key stays where it made it"
+        lines.append(f"  site {name:<12} <-  {out / f'site-{name}'}/  (ca.crt{own})")
+    lines += ["", "  Every site gets ca.crt; the coordinator gets the site public keys (.pub) and "
+              "enrolls them."]
+    if rep.site_keys_made_here:
+        lines += ["", "  WARNING: the sites' PRIVATE keys were made on this machine (demo): whoever "
+                  "can read this folder can act as any site. In production each site runs "
+                  "`fedtune site keygen` and you pass their .pub files with --site-keys DIR."]
     return "\n".join(lines)

@@ -1,8 +1,10 @@
 """CLI of the deployment commands; `register(subparsers)` adds them to the `fedtune` parser:
 
-    fedtune certs --out DIR --sites a,b,c [--san 127.0.0.1,localhost,coord.example.org] [--force]
+    fedtune site keygen --name NAME --out DIR [--passphrase-file FILE]     (at each site)
+    fedtune certs --out DIR --sites a,b,c --site-keys PUBS [--san coord.example.org] [--force]
     fedtune coordinator start --certs DIR [--host 127.0.0.1] [--port 9443] [--state FILE] [--insecure]
-    fedtune coordinator enroll --certs DIR --site NAME | --public-key FILE [--coordinator HOST:PORT]
+    fedtune coordinator enroll --certs DIR --site NAME | --public-key FILE [--max-examples N]
+                               [--coordinator 127.0.0.1:PORT] [--state FILE]
     fedtune site start --coordinator HOST:PORT --ca FILE --key FILE --data FILE --site-dir DIR
                        --name NAME [--port 9094] [--policy FILE] [--insecure]
     fedtune run --config FILE --coordinator HOST:PORT --ca FILE [--set k=v] [--out DIR] [--insecure]
@@ -22,7 +24,8 @@ def cmd_certs(args: argparse.Namespace) -> int:
     from fedtune.ops.certs import handout, make_certs, parse_sites
 
     sans = [s.strip() for s in args.san.split(",") if s.strip()] if args.san else None
-    rep = make_certs(Path(args.out), sites=parse_sites(args.sites), sans=sans, force=args.force)
+    rep = make_certs(Path(args.out), sites=parse_sites(args.sites), sans=sans, force=args.force,
+                     site_keys=Path(args.site_keys) if args.site_keys else None)
     print(handout(rep))
     return 0
 
@@ -31,15 +34,27 @@ def cmd_coordinator_start(args: argparse.Namespace) -> int:
     from fedtune.ops.coordinator import start
 
     return start(certs=Path(args.certs) if args.certs else None, host=args.host, port=args.port,
-                 state=Path(args.state), insecure=args.insecure)
+                 state=Path(args.state), insecure=args.insecure, internal_port=args.internal_port)
 
 
 def cmd_coordinator_enroll(args: argparse.Namespace) -> int:
-    from fedtune.ops.coordinator import enroll
+    from fedtune.ops.enroll import enroll
 
     return enroll(certs=Path(args.certs) if args.certs else None, site=args.site,
                   public_key=Path(args.public_key) if args.public_key else None,
-                  coordinator=args.coordinator, insecure=args.insecure)
+                  coordinator=args.coordinator, insecure=args.insecure,
+                  max_examples=args.max_examples, state=Path(args.state) if args.state else None)
+
+
+def cmd_site_keygen(args: argparse.Namespace) -> int:
+    from fedtune.ops.keys import keygen, passphrase, ssh_fingerprint
+
+    secret = passphrase(Path(args.passphrase_file) if args.passphrase_file else None)
+    key, pub = keygen(name=args.name, out=Path(args.out), secret=secret, force=args.force)
+    print(f"site key pair: private {key} (0600{', encrypted' if secret else ''}; never leaves this "
+          f"machine), public {pub} ({ssh_fingerprint(pub.read_text())}): send ONLY the .pub to the "
+          "federation's operator")
+    return 0
 
 
 def cmd_site_start(args: argparse.Namespace) -> int:
@@ -83,6 +98,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--san", help="coordinator host names/IPs, comma-separated "
                    "(default 127.0.0.1,localhost)")
     p.add_argument("--force", action="store_true", help="reissue everything, replacing existing files")
+    p.add_argument("--site-keys", help="folder of the sites' <name>.pub (from `fedtune site keygen` "
+                   "at each site); without it, demo key pairs are made here (with a warning)")
     p.set_defaults(func=cmd_certs)
 
     coord = subparsers.add_parser("coordinator", help="run the federation's coordinator (SuperLink)")
@@ -94,7 +111,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    f"run` connect to (default {DEFAULT_PORT})")
     p.add_argument("--state", default="coordinator/state.db",
                    help="SQLite state file; its folder also holds logs and relative run directories")
-    p.add_argument("--insecure", action="store_true", help="NO TLS and NO node auth (local demo only)")
+    p.add_argument("--insecure", action="store_true",
+                   help="NO TLS and NO node auth (local demo only; loopback --host only)")
+    p.add_argument("--internal-port", type=int, default=0, help="loopback port of the SuperLink "
+                   "behind nginx (default: a free one); never publish it")
     p.set_defaults(func=cmd_coordinator_start)
     p = csub.add_parser("enroll", help="allow a site's public key to connect")
     p.add_argument("--certs", help="the coordinator folder (for ca.crt and sites/<name>.pub)")
@@ -103,6 +123,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--coordinator", default=f"127.0.0.1:{DEFAULT_PORT}",
                    help=f"the running coordinator (default 127.0.0.1:{DEFAULT_PORT})")
     p.add_argument("--insecure", action="store_true", help="for a coordinator started with --insecure")
+    p.add_argument("--max-examples", type=int, help="the site's declared dataset size: its replies "
+                   "may claim at most this many examples")
+    p.add_argument("--state", help="the coordinator's --state file (default: asked from the running "
+                   "coordinator on loopback)")
     p.set_defaults(func=cmd_coordinator_enroll)
 
     site = subparsers.add_parser("site", help="run one institution's site (SuperNode)")
@@ -118,8 +142,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help=f"local port of the site's runtime API, loopback only (default {SITE_PORT})")
     p.add_argument("--policy", help="this site's policy TOML (see deploy/site-policy.example.toml)")
     p.add_argument("--index", type=int, help="site number for local seeding (default: from the name)")
-    p.add_argument("--insecure", action="store_true", help="NO TLS, NO auth (local demo only)")
+    p.add_argument("--insecure", action="store_true",
+                   help="NO TLS, NO auth (local demo only; loopback --coordinator only)")
     p.set_defaults(func=cmd_site_start)
+    p = ssub.add_parser("keygen", help="make this site's node-authentication key pair (at the site)")
+    p.add_argument("--name", required=True, help="this site's name")
+    p.add_argument("--out", required=True, help="folder for NAME.key (0600) and NAME.pub")
+    p.add_argument("--passphrase-file", help="encrypt the private key with the passphrase in this "
+                   "0600 file (or set FEDTUNE_KEY_PASSPHRASE)")
+    p.add_argument("--force", action="store_true", help="replace an existing pair")
+    p.set_defaults(func=cmd_site_keygen)
 
     p = subparsers.add_parser("run", help="submit a federation run to a running coordinator")
     p.add_argument("--config", help="TOML run config (see deploy/run.example.toml)")

@@ -12,14 +12,22 @@ import json
 import ssl
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import ConfigError, FedtuneError
-from fedtune.ops import ops_env, run_foreground, split_address, write_connection
+from fedtune import flower
+from fedtune.flower import free_port
+from fedtune.ops import (
+    ops_env,
+    proxy,
+    require_loopback,
+    run_foreground,
+)
+from fedtune.ops.certs import cert_sans
+from server.identity import REGISTRY_ENV, REGISTRY_FILE
 
 DEFAULT_PORT = 9443
 
@@ -70,13 +78,27 @@ def _probe(url: str, ca: Path | None) -> bool:
         return False
 
 
+def _state_folder(state: Path) -> Path:
+    return state.resolve().parent
+
+
+def registry_path(state: Path) -> Path:
+    """The site registry (server/identity.py) beside the state db: node id -> enrolled site."""
+    return _state_folder(state) / REGISTRY_FILE
+
+
 def start(*, certs: Path | None, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
-          state: Path = Path("coordinator/state.db"), insecure: bool = False) -> int:
-    """Run the coordinator until SIGTERM/SIGINT; returns the exit code."""
+          state: Path = Path("coordinator/state.db"), insecure: bool = False,
+          internal_port: int = 0) -> int:
+    """Run the coordinator until SIGTERM/SIGINT; returns the exit code.
+
+    TLS mode: nginx on host:port (Fleet only) and 127.0.0.1:port (Fleet + Control, for the
+    operator), the SuperLink on 127.0.0.1:internal_port (0 = a free port); fedtune/ops/proxy.py."""
     if insecure:
+        require_loopback(host, what="--host", fix="Start it with TLS instead: --certs DIR.")
         print("=" * 78 + "\nfedtune: WARNING --insecure: NO TLS, NO site authentication. Adapter "
-              "weights and metrics\ncross the network in clear text and ANY machine that reaches this "
-              "port can join\nas a site or submit runs. Use only on a laptop for a demo.\n" + "=" * 78,
+              "weights and metrics\ncross in clear text and any local process can join as a site or "
+              "submit runs.\nListening on loopback only. Use only on a laptop for a demo.\n" + "=" * 78,
               file=sys.stderr, flush=True)
         files = None
     else:
@@ -88,24 +110,42 @@ def start(*, certs: Path | None, host: str = "127.0.0.1", port: int = DEFAULT_PO
     workdir = state.parent
     workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
     env, marker = ops_env(workdir / "flwr-home")
-    cmd = superlink_command(files=files, host=host, port=port, state=state)
+    front = None
+    if files is None:
+        cmd = superlink_command(files=None, host=host, port=port, state=state)
+    else:
+        env[REGISTRY_ENV] = str(registry_path(state))  # the ServerApp names replies by node id
+        internal = internal_port or free_port()
+        cmd = superlink_command(files=files, host="127.0.0.1", port=internal, state=state)
+        front = _nginx(files, host=host, port=port, internal=internal, workdir=workdir, env=env)
     scheme = "http" if insecure else "https"
-    probe_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    probe_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") or files is not None else host
     url = f"{scheme}://{probe_host}:{port}/health"
 
     def _announce(proc: subprocess.Popen) -> None:
         deadline = time.monotonic() + 120
         while proc.poll() is None and time.monotonic() < deadline:
-            if _probe(url, None if files is None else files.ca):
-                print(f"coordinator listening on {scheme}://{host}:{port} (state {state}; node "
-                      f"authentication {'OFF' if insecure else 'ON'}; runs written under {workdir})",
+            if front is not None and front.poll() is not None:
+                print(f"fedtune: nginx exited ({front.returncode}); see {workdir / 'nginx'}",
                       flush=True)
+                return
+            if _probe(url, None if files is None else files.ca):
+                where = "" if files is None else (
+                    f"; sites: Fleet API only on {host}:{port}; operator: Control API on "
+                    f"127.0.0.1:{port} (this host only)")
+                print(f"coordinator listening on {scheme}://{host}:{port} (state {state}; node "
+                      f"authentication {'OFF' if insecure else 'ON'}; runs written under {workdir}"
+                      f"{where})", flush=True)
                 return
             time.sleep(0.3)
 
     print(f"fedtune: starting coordinator: {' '.join(cmd)}", flush=True)
-    code, last = run_foreground(cmd, env=env, log=workdir / "coordinator.log", marker=marker,
-                                cwd=workdir, watch=_announce)
+    try:
+        code, last = run_foreground(cmd, env=env, log=workdir / "coordinator.log", marker=marker,
+                                    cwd=workdir, watch=_announce)
+    finally:
+        if front is not None:
+            flower.reap([front])
     if code:
         text = "\n".join(last[-15:])
         hint = ""
@@ -116,66 +156,24 @@ def start(*, certs: Path | None, host: str = "127.0.0.1", port: int = DEFAULT_PO
     return 0
 
 
-def _public_key(files_sites: Path | None, *, site: str | None, public_key: Path | None) -> Path:
-    if public_key is not None:
-        path = public_key
-    elif site and files_sites is not None:
-        path = files_sites / f"{site}.pub"
-    else:
-        raise ConfigError("coordinator enroll needs --site NAME (with --certs) or --public-key FILE")
-    if not path.is_file():
-        raise ConfigError(f"public key {path} not found: copy the site's <name>.pub (from `fedtune "
-                          "certs`) there, or pass --public-key FILE")
-    first = path.read_text(encoding="utf-8", errors="replace").split()
-    if not first or not first[0].startswith("ecdsa-sha2-nistp"):
-        raise ConfigError(f"{path} is not an OpenSSH EC public key (expected a line starting with "
-                          "'ecdsa-sha2-nistp384'): use the .pub file written by `fedtune certs`")
-    return path
-
-
-def enroll(*, certs: Path | None, site: str | None = None, public_key: Path | None = None,
-           coordinator: str = f"127.0.0.1:{DEFAULT_PORT}", insecure: bool = False) -> int:
-    """Register a site's public key with the running coordinator (Control API)."""
-    files = coordinator_files(certs) if certs is not None else None
-    key = _public_key(files.sites if files else None, site=site, public_key=public_key)
-    split_address(coordinator)
-    if files is None and not insecure:
-        raise ConfigError("coordinator enroll needs --certs DIR (for the CA that verifies the "
-                          "coordinator), or --insecure for a coordinator started with --insecure")
-    name = site or key.stem
-    with tempfile.TemporaryDirectory(prefix="fedtune-enroll-") as home:
-        write_connection(Path(home), address=coordinator, ca=None if insecure else files.ca)
-        env, _ = ops_env(Path(home))
-        proc = subprocess.run(["flwr", "supernode", "register", str(key), "fedtune", "--name", name,
-                               "--format", "json"], env=env, capture_output=True, text=True, timeout=60,
-                              stdin=subprocess.DEVNULL)
-    out = (proc.stdout + proc.stderr).strip()
-    node_id = _json_field(proc.stdout, "node-id")
-    if proc.returncode == 0 and node_id is not None:
-        print(f"enrolled site {name!r} as node {node_id} (public key {key}); it may now connect",
-              flush=True)
-        return 0
-    low = out.lower()
-    if "already" in low and ("use" in low or "exist" in low or "registered" in low):
-        print(f"site {name!r} is already enrolled (public key {key}); nothing to do", flush=True)
-        return 0
-    if "certificate" in low or "ssl" in low:
-        raise FedtuneError(f"cannot reach the coordinator's Control API at {coordinator} over TLS: "
-                           f"check --coordinator and that --certs holds its ca.crt.\n{out[-1500:]}")
-    raise FedtuneError(f"enrolling {key} at {coordinator} failed (flwr exit {proc.returncode}); "
-                       f"is the coordinator running there?\n{out[-1500:]}")
-
-
-def _json_field(text: str, key: str):
-    for line in reversed(text.splitlines()):
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                return json.loads(line).get(key)
-            except json.JSONDecodeError:
-                continue
-    try:
-        return json.loads(text).get(key)
-    except (json.JSONDecodeError, AttributeError):
-        return None
-
+def _nginx(files: CoordinatorFiles, *, host: str, port: int, internal: int, workdir: Path,
+           env: dict[str, str]) -> subprocess.Popen:
+    """Start nginx in front of the loopback SuperLink (fails early when the port is taken)."""
+    nginx = proxy.find_nginx()
+    sans = cert_sans(files.cert)
+    name = "localhost" if "localhost" in sans else None  # nginx checks DNS names, not IPs
+    folder = workdir / "nginx"
+    conf = proxy.write_conf(folder, proxy.nginx_conf(
+        folder=folder, host=host, port=port, upstream_port=internal, cert=files.cert,
+        key=files.key, ca=files.ca, upstream_name=name), nginx=nginx)
+    (folder / "coordinator.json").write_text(json.dumps(
+        {"registry": str(workdir / REGISTRY_FILE), "state": str(workdir)}), encoding="utf-8")
+    front = flower.start(proxy.command(nginx, conf), env=env, log=folder / "nginx.out")
+    time.sleep(0.5)
+    if front.poll() is not None:
+        text = flower.tail(folder / "error.log") + "\n" + flower.tail(folder / "nginx.out")
+        hint = f" Port {port} is taken: stop the other process or choose --port." \
+            if "in use" in text else ""
+        raise FedtuneError(f"nginx (the coordinator's TLS front) exited with code "
+                           f"{front.returncode}.{hint}\n{text}")
+    return front

@@ -15,32 +15,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import load_ssh_private_key
-
 from client.policy import load_policy
 from common.errors import ConfigError, FedtuneError
-from fedtune.ops import ops_env, run_foreground, split_address, tls_preflight
+from fedtune.ops import ops_env, require_loopback, run_foreground, split_address, tls_preflight
 from fedtune.ops.certs import SITE_NAME
 
 DEFAULT_PORT = 9094  # the SuperNode's local ClientAppIo/runtime port; never opened to the network
 
 
-def _check_key(key: Path) -> None:
-    if not key.is_file():
-        raise ConfigError(f"--key {key} does not exist: use the site's private key <name>.key from "
-                          "`fedtune certs` (folder site-<name>)")
-    try:
-        private = load_ssh_private_key(key.read_bytes(), password=None)
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f"--key {key} is not an unencrypted OpenSSH private key ({err}): use the "
-                          "<name>.key written by `fedtune certs`") from err
-    if not isinstance(private, ec.EllipticCurvePrivateKey):
-        raise ConfigError(f"--key {key} is not an EC key: Flower node authentication needs an EC "
-                          "(NIST curve) key, as written by `fedtune certs`")
-    if key.stat().st_mode & 0o077:
-        print(f"fedtune: WARNING {key} is readable by other users: chmod 600 {key}",
-              file=sys.stderr, flush=True)
+def _check_key(key: Path, *, site_dir: Path) -> Path:
+    """The key path to hand Flower: refused when group/others can read it; an encrypted key
+    is decrypted to a 0600 file in the site folder (fedtune/ops/keys.py)."""
+    from fedtune.ops.keys import load_site_key
+
+    return load_site_key(key, site_dir=site_dir)
 
 
 def _toml_scalar(value: Any) -> str:
@@ -83,6 +71,7 @@ def start(*, coordinator: str, ca: Path | None, key: Path | None, data: Path, si
         raise ConfigError(f"--data {data} does not exist: give this site's local data file "
                           "(CSV/JSONL/Parquet with text and label columns)")
     if insecure:
+        require_loopback(host, what="--coordinator", fix="Connect with TLS: --ca FILE --key FILE.")
         print("fedtune: WARNING --insecure: this site talks to the coordinator WITHOUT TLS and "
               "without authenticating; use only for a local demo.", file=sys.stderr, flush=True)
         ca = key = None
@@ -92,7 +81,7 @@ def start(*, coordinator: str, ca: Path | None, key: Path | None, data: Path, si
                               "(this site's private key), or --insecure for a local demo")
         if not ca.is_file():
             raise ConfigError(f"--ca {ca} does not exist: use the ca.crt from your site folder")
-        _check_key(key)
+        key = _check_key(key, site_dir=site_dir.resolve())
     site_dir = site_dir.resolve()
     site_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     values = node_config(data=data, site_dir=site_dir, name=name,

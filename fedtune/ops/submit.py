@@ -2,8 +2,10 @@
 
 The run config is resolved here once (defaults <- --config <- --set), written as a TOML file and
 passed with `flwr run <repo> fedtune --stream --run-config FILE` over a private FLWR_HOME
-connection that trusts only the federation's CA. The ServerApp writes the run directory at
-output.run-dir on the coordinator's disk (relative paths land in the coordinator's state
+connection that trusts only the federation's CA. The Control API answers only on the
+coordinator's loopback address (fedtune/ops/proxy.py): run this on the coordinator host with
+--coordinator 127.0.0.1:PORT, or through an SSH tunnel to it. The ServerApp writes the run
+directory at output.run-dir on the coordinator's disk (relative paths land in the coordinator's state
 folder). simulation.* keys do not matter here; federation.min-sites is how many sites must be
 connected before round 1 starts."""
 
@@ -22,7 +24,7 @@ from pathlib import Path
 from common.config import RunConfig, from_flat, load_toml, parse_sets
 from common.errors import ConfigError, FedtuneError
 from fedtune import flower
-from fedtune.ops import ops_env, split_address, tls_preflight, write_connection
+from fedtune.ops import ops_env, require_loopback, split_address, tls_preflight, write_connection
 from fedtune.simulate import REPO, _interesting
 
 
@@ -74,6 +76,8 @@ def submit(cfg: RunConfig, *, coordinator: str, ca: Path | None, insecure: bool 
     """Submit `cfg`, stream until the run ends; returns summary.json when the run directory is on
     this machine, else {"run_dir": ..., "status": "finished"}."""
     host, port = split_address(coordinator)
+    if insecure:
+        require_loopback(host, what="--coordinator", fix="Submit over TLS: --ca FILE.")
     if not insecure and (ca is None or not ca.is_file()):
         raise ConfigError(f"--ca {ca} does not exist: pass the federation's ca.crt (or --insecure "
                           "for a coordinator started with --insecure)")
@@ -96,8 +100,12 @@ def submit(cfg: RunConfig, *, coordinator: str, ca: Path | None, insecure: bool 
         if "certificate_verify_failed" in text.lower() or "certificate verify failed" in text.lower():
             raise FedtuneError(f"the coordinator's certificate is not trusted by --ca {ca}: use the "
                                "federation's ca.crt")
+        hint = ""
+        if " 404" in text or "not found" in text.lower():
+            hint = (" The coordinator's public address serves sites only: submit on the coordinator "
+                    "host to 127.0.0.1:PORT, or through an SSH tunnel (deploy/OPERATOR.md).")
         raise FedtuneError(f"the run{f' {run_id}' if run_id else ''} did not finish (flwr exit "
-                           f"{code}); last lines:\n{text}")
+                           f"{code}).{hint} Last lines:\n{text}")
     summary_path = Path(cfg.output.run_dir) / "summary.json"
     if summary_path.is_absolute() and summary_path.is_file():  # coordinator on this machine
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
