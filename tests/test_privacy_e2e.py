@@ -19,7 +19,7 @@ from common.adapter import FFA_FROZEN, get_state
 from common.config import ModelConfig
 from common.model import build_model
 from tests.conftest import make_texts
-from tests.test_privacy import _independent_epsilon
+from tests.test_privacy import _independent_epsilon, journal_entries
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,21 +53,16 @@ def _metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
-def _ledger_file(site_dir: Path) -> Path:
-    files = list((site_dir / "ledger").glob("*.json"))
-    assert len(files) == 1
-    return files[0]
-
-
 def test_epsilon_accumulates_across_rounds_and_runs(two_dp_runs):
     tmp, _, _ = two_dp_runs
     eps = [r["per_site"]["site-0"]["train"]["epsilon"] for r in _metrics(tmp / "run1")] + \
           [r["per_site"]["site-0"]["train"]["epsilon"] for r in _metrics(tmp / "run2")]
     assert len(eps) == 4 and all(a < b for a, b in zip(eps, eps[1:]))
     assert eps[1] <= 2.0 + 1e-3 < eps[3] <= 4.0 + 1e-3  # each run adds at most privacy.epsilon
-    ledger = json.loads(_ledger_file(tmp / "sites" / "site-0").read_text())
-    assert [e["round"] for e in ledger["entries"]] == [1, 2, 1, 2]
-    assert _independent_epsilon(_ledger_file(tmp / "sites" / "site-0")) == pytest.approx(eps[3], rel=1e-3)
+    entries = journal_entries(tmp / "sites" / "site-0")  # one lineage for both runs, chain verified
+    assert [e["round"] for e in entries if e["kind"] == "round"] == [1, 2, 1, 2]
+    assert len({e["run"] for e in entries if e["kind"] == "plan"}) == 2
+    assert _independent_epsilon(tmp / "sites" / "site-0") == pytest.approx(eps[3], rel=1e-3)
 
 
 def test_site_at_budget_refuses_and_run_continues(two_dp_runs):
@@ -78,7 +73,7 @@ def test_site_at_budget_refuses_and_run_continues(two_dp_runs):
         assert any(f.startswith("site-1") and "refused" in f for f in row["failures"])
     summary = json.loads((tmp / "run2" / "summary.json").read_text())
     assert summary["privacy"]["site-1"]["refused_rounds"] == [1, 2]
-    spent = _independent_epsilon(_ledger_file(tmp / "sites" / "site-1"))
+    spent = _independent_epsilon(tmp / "sites" / "site-1")
     assert spent <= 2.0 + 1e-6
     assert "refused" in runs[1].stdout
 
