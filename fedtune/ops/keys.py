@@ -5,7 +5,8 @@ which enrolls it); `<name>.key` never leaves the site. Keys are EC P-384 in Open
 Flower 1.42's `flower-supernode --auth-supernode-private-key` and `flwr supernode register` read).
 
 A private key may be encrypted with a passphrase (from $FEDTUNE_KEY_PASSPHRASE, or the file named
-by $FEDTUNE_KEY_PASSPHRASE_FILE / --passphrase-file). Flower loads the key with `password=None`
+by $FEDTUNE_KEY_PASSPHRASE_FILE / --passphrase-file); it is then written as encrypted PKCS#8 PEM
+(OpenSSH's own key encryption needs the bcrypt package). Flower loads the key with `password=None`
 (flwr/supernode/cli/flower_supernode.py), so `fedtune site start` decrypts it into a 0600 file in
 the site folder for the SuperNode's lifetime and deletes it when the site stops. A private key
 readable by group or others is refused, not warned about."""
@@ -18,6 +19,7 @@ import hashlib
 import os
 from pathlib import Path
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -77,9 +79,13 @@ def keygen(*, name: str, out: Path, secret: bytes | None = None, force: bool = F
         raise ConfigError(f"{priv} already exists: keep it (it is enrolled), or pass --force to make "
                           "a new pair (then enroll the new .pub and unregister the old node)")
     key = ec.generate_private_key(ec.SECP384R1())
-    enc = serialization.BestAvailableEncryption(secret) if secret else serialization.NoEncryption()
-    _write(priv, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                   enc), private=True)
+    if secret:  # encrypted PKCS#8 (OpenSSH's own encryption would need the bcrypt package)
+        data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                 serialization.BestAvailableEncryption(secret))
+    else:
+        data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                 serialization.NoEncryption())
+    _write(priv, data, private=True)
     line = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                          serialization.PublicFormat.OpenSSH)
     _write(pub, line + f" fedtune-site-{name}\n".encode(), private=False)
@@ -100,6 +106,13 @@ def check_public_key(path: Path) -> str:
     return text
 
 
+def _need(key: Path, secret: bytes | None) -> bytes:
+    if not secret:
+        raise ConfigError(f"--key {key} is encrypted: set {PASSPHRASE_ENV} or "
+                          f"{PASSPHRASE_FILE_ENV} (a 0600 file holding the passphrase)")
+    return secret
+
+
 def load_site_key(key: Path, *, site_dir: Path, secret: bytes | None = None) -> Path:
     """Check the site's private key; return the path to hand Flower (a 0600 decrypted copy in
     `site_dir` when the key is encrypted, deleted when this process exits)."""
@@ -109,19 +122,25 @@ def load_site_key(key: Path, *, site_dir: Path, secret: bytes | None = None) -> 
     refuse_loose(key)
     raw = key.read_bytes()
     secret = secret if secret is not None else passphrase()
+    encrypted = b"-----BEGIN ENCRYPTED" in raw[:64]
     try:
-        private = serialization.load_ssh_private_key(raw, password=None)
-        encrypted = False
-    except TypeError:  # encrypted: needs the passphrase
-        if not secret:
-            raise ConfigError(f"--key {key} is encrypted: set {PASSPHRASE_ENV} or "
-                              f"{PASSPHRASE_FILE_ENV} (a 0600 file holding the passphrase)") from None
-        try:
-            private = serialization.load_ssh_private_key(raw, password=secret)
-        except ValueError as err:
+        if raw.startswith(b"-----BEGIN OPENSSH"):
+            try:
+                private = serialization.load_ssh_private_key(raw, password=None)
+            except TypeError:  # password-protected OpenSSH key (ssh-keygen)
+                encrypted = True
+                private = serialization.load_ssh_private_key(raw, password=_need(key, secret))
+        else:  # PKCS#8 / PEM, encrypted or not
+            private = serialization.load_pem_private_key(
+                raw, password=_need(key, secret) if encrypted else None)
+    except ConfigError:
+        raise
+    except UnsupportedAlgorithm as err:
+        raise ConfigError(f"--key {key} cannot be decrypted here ({err}): convert it to encrypted "
+                          "PKCS#8 (`fedtune site keygen --passphrase-file` writes that)") from err
+    except (ValueError, TypeError) as err:
+        if encrypted:
             raise ConfigError(f"--key {key}: wrong passphrase ({err})") from err
-        encrypted = True
-    except ValueError as err:
         raise ConfigError(f"--key {key} is not an OpenSSH private key ({err}): use the <name>.key "
                           "written by `fedtune site keygen`") from err
     if not isinstance(private, ec.EllipticCurvePrivateKey):
