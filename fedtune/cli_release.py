@@ -6,7 +6,7 @@
     fedtune audit   RUN_DIR [--max-examples N]
     fedtune keygen  --out DIR [--force]
     fedtune release RUN_DIR --key KEY --out DIR [--force]
-    fedtune verify  BUNDLE --pub KEY.pub [--base-model DIR]
+    fedtune verify  BUNDLE --pub KEY.pub --pin sha256:HEX|--policy FILE --base-model DIR|--skip-base-model-check
 
 `register(subparsers)` adds them to the main `fedtune` parser; `python -m fedtune.cli_release`
 runs them standalone. Every handler returns an exit code; FedtuneError means exit 2.
@@ -67,8 +67,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
 def cmd_keygen(args: argparse.Namespace) -> int:
     from fedtune.release import keygen
 
+    from fedtune.release import load_public_key
+    from fedtune.release_trust import key_fingerprint
+
     key, pub = keygen(args.out, force=args.force)
     print(f"keygen: private key {key} (mode 0600: keep it secret), public key {pub} (give it to verifiers)")
+    print(f"keygen: fingerprint {key_fingerprint(load_public_key(pub))} — publish it over a channel "
+          "verifiers trust; they pass it to `fedtune verify --pin`")
     return 0
 
 
@@ -84,8 +89,12 @@ def cmd_release(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from fedtune.release import verify_bundle
 
-    result = verify_bundle(args.bundle, pub=args.pub, base_model=args.base_model)
-    base = "matches --base-model" if result["base_model_checked"] else "not checked (pass --base-model DIR)"
+    if args.skip_base_model_check:
+        print("verify: WARNING --skip-base-model-check: the adapter is NOT checked against the base "
+              "model you will run it on", file=sys.stderr, flush=True)
+    result = verify_bundle(args.bundle, pub=args.pub, base_model=args.base_model, pins=args.pin,
+                           policy=args.policy, check_base=not args.skip_base_model_check)
+    base = "matches --base-model" if result["base_model_checked"] else "NOT checked"
     print(f"verify: OK — signature by key {result['key_id']}, {result['files']} files intact, "
           f"base model {result['base_model_sha256'][:16]}… {base}")
     return 0
@@ -136,7 +145,14 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("verify", help="check a release bundle's signature, hashes and base model")
     p.add_argument("bundle")
     p.add_argument("--pub", required=True, help="the publisher's public key (.pub)")
-    p.add_argument("--base-model", help="base model directory to check the adapter against")
+    p.add_argument("--base-model", help="base model directory to check the adapter against (required "
+                   "unless --skip-base-model-check)")
+    p.add_argument("--pin", action="append", metavar="sha256:HEX",
+                   help="the publisher key's fingerprint, obtained over a channel you trust (repeatable)")
+    p.add_argument("--policy", help="release policy TOML: publisher-key-sha256 = [...], "
+                   "base-model-sha256 = [...]")
+    p.add_argument("--skip-base-model-check", action="store_true",
+                   help="do not hash the base model (prints a warning)")
     p.set_defaults(func=cmd_verify)
 
 

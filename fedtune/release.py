@@ -264,10 +264,22 @@ def release(run_dir: str | Path, *, key: str | Path, out: str | Path, force: boo
     return card
 
 
-def verify_bundle(bundle: str | Path, *, pub: str | Path, base_model: str | Path | None = None) -> dict:
-    """Check signature, hashes, file set and adapter/base consistency; ReleaseError names the file."""
+def verify_bundle(bundle: str | Path, *, pub: str | Path, base_model: str | Path | None = None,
+                  pins: list[str] | None = None, policy: str | Path | None = None,
+                  check_base: bool = True) -> dict:
+    """Check the key against the pins, then signature, hashes, file set and adapter/base
+    consistency (base model hashed unless check_base=False); errors name the file and the fix."""
+    from fedtune.release_trust import check_base as accepted_base
+    from fedtune.release_trust import check_key, load_trust
+
     root = Path(bundle)
     public = load_public_key(pub)
+    trust = load_trust(pins, Path(policy) if policy else None)
+    check_key(public, trust, pub=Path(pub))
+    if check_base and base_model is None:
+        raise ReleaseError("pass --base-model DIR (the base model you will run this adapter on) so "
+                           "that verify can check the adapter belongs to it, or "
+                           "--skip-base-model-check to verify without it (not recommended)")
     for name in (MANIFEST, SIGNATURE):
         if not (root / name).is_file():
             raise ReleaseError(f"{root / name} is missing: {root} is not a complete `fedtune release` bundle")
@@ -303,7 +315,8 @@ def verify_bundle(bundle: str | Path, *, pub: str | Path, base_model: str | Path
         raise ReleaseError(f"{root / 'adapter' / 'fedtune.json'}: the adapter was trained on base model "
                            f"{str(meta.get('base_model_sha256'))[:16]}…, but model_card.json names {named[:16]}…: "
                            "the adapter does not belong to this release; get the bundle again from the publisher")
-    if base_model is not None:
+    accepted_base(named, trust, where=root / "model_card.json")
+    if check_base:
         check_base_model(str(base_model), expected=named, where=root / "model_card.json")
     return {"files": len(expected), "key_id": manifest.get("key_id"), "base_model_sha256": named,
-            "base_model_checked": base_model is not None}
+            "base_model_checked": check_base}

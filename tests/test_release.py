@@ -14,7 +14,8 @@ from common.adapter import save_adapter
 from common.config import ModelConfig
 from common.model import build_model, model_fingerprint
 from fedtune.cli import main
-from fedtune.release import ReleaseError, load_private_key, sign_bundle, verify_bundle
+from fedtune.release import ReleaseError, load_private_key, load_public_key, sign_bundle, verify_bundle
+from fedtune.release_trust import TrustError, key_fingerprint
 from tests.test_export_predict import copy_run, other_base, shared_run
 
 RAW_SITE = re.compile(r"\bsite-[01]\b")
@@ -47,9 +48,13 @@ def fresh(bundle, tmp_path) -> Path:
     return Path(shutil.copytree(bundle, tmp_path / "bundle"))
 
 
+def pin(pub: Path) -> str:
+    return key_fingerprint(load_public_key(pub))
+
+
 def _fails(path: Path, pub: Path, *, match: str) -> str:
     with pytest.raises(ReleaseError) as info:
-        verify_bundle(path, pub=pub)
+        verify_bundle(path, pub=pub, pins=[pin(pub)], check_base=False)
     assert re.search(match, str(info.value)), str(info.value)
     return str(info.value)
 
@@ -64,7 +69,8 @@ def test_keygen_private_key_0600_and_no_overwrite(keys, capsys):
 
 
 def test_release_and_verify_ok(bundle, keys, tiny_model_dir, capsys):
-    assert main(["verify", str(bundle), "--pub", str(keys[1]), "--base-model", str(tiny_model_dir)]) == 0
+    assert main(["verify", str(bundle), "--pub", str(keys[1]), "--pin", pin(keys[1]),
+                 "--base-model", str(tiny_model_dir)]) == 0
     assert "verify: OK" in capsys.readouterr().out
     names = sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file())
     assert {"MANIFEST.json", "MANIFEST.sig", "model_card.json", "model_card.md", "adapter/adapter_model.safetensors",
@@ -115,7 +121,8 @@ def test_extra_or_missing_file_fails(fresh, keys):
 
 def test_wrong_key_fails(bundle, tmp_path, capsys):
     assert main(["keygen", "--out", str(tmp_path / "k2")]) == 0
-    assert main(["verify", str(bundle), "--pub", str(tmp_path / "k2" / "fedtune_ed25519.pub")]) == 2
+    k2 = tmp_path / "k2" / "fedtune_ed25519.pub"
+    assert main(["verify", str(bundle), "--pub", str(k2), "--pin", pin(k2), "--skip-base-model-check"]) == 2
     err = capsys.readouterr().err
     assert "signature check FAILED" in err and "wrong public key" in err
     assert main(["verify", str(bundle), "--pub", str(tmp_path / "k2" / "fedtune_ed25519.key")]) == 2
@@ -138,6 +145,47 @@ def test_swapped_adapter_fails(fresh, keys, tiny_model_dir, tmp_path):
 
 def test_wrong_base_model_fails(bundle, keys, tiny_model_dir, tmp_path, capsys):
     base2 = other_base(tiny_model_dir, tmp_path / "base2")
-    assert main(["verify", str(bundle), "--pub", str(keys[1]), "--base-model", str(base2)]) == 2
+    assert main(["verify", str(bundle), "--pub", str(keys[1]), "--pin", pin(keys[1]),
+                 "--base-model", str(base2)]) == 2
     err = capsys.readouterr().err
     assert "sha256" in err and "model_card.json" in err
+
+
+# ---- issue #15 scenario 8: the key is pinned, the base model checked by default ------------------
+def test_unpinned_or_impostor_key_is_refused(bundle, keys, tmp_path, capsys):
+    """Mallory re-signs the bundle with her own key and hands both over: refused unless pinned."""
+    assert main(["keygen", "--out", str(tmp_path / "m")]) == 0
+    assert "fingerprint sha256:" in capsys.readouterr().out
+    forged = Path(shutil.copytree(bundle, tmp_path / "forged"))
+    sign_bundle(forged, load_private_key(tmp_path / "m" / "fedtune_ed25519.key"))
+    mallory = tmp_path / "m" / "fedtune_ed25519.pub"
+    with pytest.raises(TrustError, match="no pinned publisher key.*--pin sha256:"):
+        verify_bundle(forged, pub=mallory, check_base=False)
+    with pytest.raises(TrustError, match="not pinned"):
+        verify_bundle(forged, pub=mallory, pins=[pin(keys[1])], check_base=False)
+    assert main(["verify", str(forged), "--pub", str(mallory), "--pin", pin(keys[1]),
+                 "--skip-base-model-check"]) == 2
+    assert "not pinned" in capsys.readouterr().err
+
+
+def test_pins_from_a_release_policy_file(bundle, keys, tiny_model_dir, tmp_path):
+    policy = tmp_path / "release-policy.toml"
+    policy.write_text(f'publisher-key-sha256 = ["{pin(keys[1])}"]\n'
+                      f'base-model-sha256 = ["{model_fingerprint(str(tiny_model_dir))}"]\n')
+    assert verify_bundle(bundle, pub=keys[1], policy=policy, base_model=tiny_model_dir)["base_model_checked"]
+    policy.write_text(f'publisher-key-sha256 = ["{pin(keys[1])}"]\nbase-model-sha256 = ["{"0" * 64}"]\n')
+    with pytest.raises(TrustError, match="base-model-sha256"):
+        verify_bundle(bundle, pub=keys[1], policy=policy, check_base=False)
+    policy.write_text('publisher-keys = ["x"]\n')
+    with pytest.raises(TrustError, match="unknown key"):
+        verify_bundle(bundle, pub=keys[1], policy=policy, check_base=False)
+
+
+def test_base_model_check_is_on_by_default(bundle, keys, capsys):
+    with pytest.raises(ReleaseError, match="--base-model DIR.*--skip-base-model-check"):
+        verify_bundle(bundle, pub=keys[1], pins=[pin(keys[1])])
+    assert main(["verify", str(bundle), "--pub", str(keys[1]), "--pin", pin(keys[1])]) == 2
+    assert main(["verify", str(bundle), "--pub", str(keys[1]), "--pin", pin(keys[1]),
+                 "--skip-base-model-check"]) == 0
+    captured = capsys.readouterr()
+    assert "WARNING --skip-base-model-check" in captured.err and "NOT checked" in captured.out
