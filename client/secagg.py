@@ -66,6 +66,51 @@ def secagg_mod(msg: Message, ctx: Context, call_next) -> Message:
             or RECORD_KEY_CONFIGS not in msg.content.config_records:
         return call_next(msg, ctx)
 
+    # The site's own SecAgg+ policy (issue #15): the coordinator chooses the cohort and the
+    # reconstruction threshold; a cohort of the victim plus one fake node, or a threshold of half
+    # or less, would let it unmask one site's update. Refused at setup and again at share-keys.
+    from flwr.app import Error
+    from flwr.common.secure_aggregation.secaggplus_constants import Key, Stage
+
+    import common.errors as errors
+    from client.policy import PolicyViolation, site_policy
+
+    fixed = getattr(errors, "reason", lambda text: text)  # fixed, value-free wire reasons
+    small = fixed("refused: the SecAgg+ cohort is smaller than the site's secagg-min-cohort")
+    low = fixed("refused: the SecAgg+ reconstruction threshold is not above the site's "
+                "secagg-min-threshold")
+    malformed = fixed("refused: malformed SecAgg+ setup")
+
+    def check_policy(configs) -> None:
+        policy = site_policy(ctx.node_config)
+        least = int(getattr(policy, "secagg_min_cohort", 3))
+        frac = float(getattr(policy, "secagg_min_threshold", 0.5))
+        stage = configs.get(Key.STAGE)
+        if stage == Stage.SETUP:
+            share, thr, sample = (configs.get(k) for k in (Key.SHARE_NUMBER, Key.THRESHOLD,
+                                                          Key.SAMPLE_NUMBER))
+            if not all(isinstance(v, int) and not isinstance(v, bool) for v in (share, thr, sample)):
+                raise PolicyViolation("SecAgg+ setup without integer share/threshold/sample numbers",
+                                      public=malformed)
+            if min(share, sample) < least:
+                raise PolicyViolation(f"SecAgg+ cohort of {min(share, sample)} sites, fewer than "
+                                      f"this site's secagg-min-cohort = {least}", public=small)
+            if thr <= frac * share:
+                raise PolicyViolation(f"SecAgg+ reconstruction threshold {thr} of {share} shares is "
+                                      f"not above this site's secagg-min-threshold = {frac:g}",
+                                      public=low)
+        elif stage == Stage.SHARE_KEYS:
+            keys = len([k for k in configs if k != Key.STAGE])
+            if keys < least:
+                raise PolicyViolation(f"SecAgg+ share-keys stage lists {keys} sites, fewer than "
+                                      f"this site's secagg-min-cohort = {least}", public=small)
+
+    try:
+        check_policy(msg.content.config_records[RECORD_KEY_CONFIGS])
+    except PolicyViolation as err:
+        code, why = errors.wire(err)
+        return Message(Error(code=code, reason=why), reply_to=msg)
+
     def handler(m: Message, c: Context) -> Message:
         reply = call_next(m, c)
         if reply.has_error():
