@@ -19,14 +19,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, Context, Error, Message
+from flwr.app import Array, ArrayRecord, Context, Message
 
 from client.site import site_facts
 from common.compress import FEEDBACK_MODES, encode_with_feedback
 from common.config import from_run_config
-from common.errors import ModelError
+from common.errors import COMPRESSION, FedtuneError, ModelError
 
-COMPRESSION_FAILED = 453  # Error code: the site could not encode its update (e.g. NaN)
+
+
+class CompressionFailed(FedtuneError, ValueError):
+    """The site's update cannot be encoded (e.g. NaN), or its keys changed."""
+
+    code = COMPRESSION
+    public = "the site could not encode its update (non-finite values or changed keys)"
 
 
 def residual_path(site_dir: str | Path, run_id: int) -> Path:
@@ -77,8 +83,7 @@ def compression_mod(msg: Message, ctx: Context, call_next) -> Message:
                                                  topk_fraction=comp.topk_fraction,
                                                  residual=residual)
     except ModelError as err:
-        return Message(Error(code=COMPRESSION_FAILED,
-                             reason=f"{facts.name}: cannot compress its update: {err}"), reply_to=msg)
+        raise CompressionFailed(f"{facts.name}: cannot compress its update: {err}") from err
     if comp.mode in FEEDBACK_MODES:
         save_residual(path, residual)
     reply.content["arrays"] = ArrayRecord({k: Array(v) for k, v in payload.items()})

@@ -6,6 +6,7 @@ arrays) to `<dir>/outbound-<pid>.jsonl`, which the leak tests read."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -13,16 +14,24 @@ from pathlib import Path
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord
 
 from common.compress import INT_DTYPES
+from common.errors import CODES, LEAK, is_public_reason, reason
 
-# Aggregate metrics a site may share; everything else is refused.
-ALLOWED_METRICS = frozenset({
-    "num-examples", "train_loss", "steps", "train_seconds", "epsilon", "delta", "epsilon_budget",
-    "noise_multiplier", "accuracy", "macro_f1", "loss", "auc_roc", "mae", "rmse", "r2",
-    "eval_seconds", "perplexity", "rouge_l", "mia_auc", "recall_0", "recall_1", "pr_auc", "threshold",
-    "val_loss", "val_accuracy", "val_macro_f1", "val_rmse", "val_mae",
-})
+log = logging.getLogger("fedtune.site")
+
+# The one whitelist: aggregate metrics a site may share (client/app.py picks from these per
+# message type); everything else is refused.
+TRAIN_METRICS = ("train_loss", "steps", "train_seconds", "epsilon", "delta", "epsilon_budget",
+                 "noise_multiplier")
+EVAL_METRICS = ("mia_auc", "accuracy", "macro_f1", "loss", "auc_roc", "mae", "rmse", "r2",
+                "eval_seconds", "perplexity", "rouge_l", "recall_0", "recall_1", "pr_auc",
+                "threshold")
+VAL_METRICS = ("loss", "accuracy", "macro_f1", "rmse", "mae")
+ALLOWED_METRICS = frozenset({"num-examples", *TRAIN_METRICS, *EVAL_METRICS,
+                             *(f"val_{k}" for k in VAL_METRICS)})
+EVAL_METRICS += tuple(f"val_{k}" for k in VAL_METRICS)
 ALLOWED_CONFIG = {"site": frozenset({"name"})}
-LEAK = 452  # Error code: the guard stopped a reply
+BLOCKED = reason("the site's outbound guard blocked a reply that carried more than adapter arrays "
+                 "and whitelisted aggregate metrics; the site's log names what")
 
 
 # ---- SecAgg+ (privacy.secure-aggregation; client/secagg.py) ----------------------------------
@@ -133,6 +142,7 @@ def describe(msg: Message) -> dict:
     out: dict = {"type": msg.metadata.message_type, "time": time.time(), "records": {}}
     if msg.has_error():
         out["error"] = msg.error.reason
+        out["code"] = msg.error.code
         return out
     for name, rec in msg.content.items():
         if isinstance(rec, ArrayRecord):
@@ -151,7 +161,10 @@ def describe(msg: Message) -> dict:
 
 def violations(msg: Message) -> list[str]:
     """Reasons this reply may not leave the site (empty = fine)."""
-    if msg.has_error():
+    if msg.has_error():  # only a known code with a registered, value-free reason (common/errors.py)
+        err = msg.error
+        if err.code not in CODES or not is_public_reason(err.reason):
+            return [f"error reply with code {err.code} and an unregistered reason"]
         return []
     if is_legacy_reply(msg):
         return secagg_violations(msg)
@@ -194,6 +207,7 @@ def outbound_guard_mod(msg: Message, ctx: Context, call_next) -> Message:
         with open(path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(entry) + "\n")
     if problems:
-        return Message(Error(code=LEAK, reason="outbound guard blocked the reply: " + "; ".join(problems)),
-                       reply_to=msg)
+        log.error("outbound guard blocked a %s reply: %s", msg.metadata.message_type,
+                  "; ".join(problems))
+        return Message(Error(code=LEAK, reason=BLOCKED), reply_to=msg)
     return reply

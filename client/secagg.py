@@ -19,7 +19,7 @@ from collections import OrderedDict
 
 import numpy as np
 import torch
-from flwr.app import Context, Error, Message
+from flwr.app import Context, Message
 from flwr.app.message_type import MessageType
 from flwr.client.mod import secaggplus_mod
 from flwr.common import (
@@ -33,18 +33,28 @@ from flwr.common import (
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.compat.common import recorddict_compat as compat
 
-from client.audit import loss_threshold_auc
 from client.guard import ALLOWED_METRICS
 from client.policy import PolicyViolation, enforce_policy, redact_metrics
-from client.site import Site, SiteFacts
+from client.site import Site
+from client.steps import final_audit, server_round
 from common.adapter import check_keys, get_state
 from common.config import RunConfig
-from common.errors import PrivacyBudgetExceeded
+from common.errors import UNMASKABLE, FedtuneError, ModelError, reason
 
 FIT_PARAMS, EVAL_PARAMS = "fitins.parameters", "evaluateins.parameters"
 FIT_NUM_EXAMPLES = "fitres.num_examples"
 ACCOUNTING = ("epsilon", "delta", "epsilon_budget", "noise_multiplier")  # data-independent
-REFUSED, DROPPED, UNMASKABLE = 451, 454, 455  # 451 = client/app.py's refusal code
+PLAINTEXT_REFUSED = reason("refused: privacy.secure-aggregation is on, so this site sends its "
+                           "update only masked by SecAgg+; the coordinator must run the SecAgg+ "
+                           "workflow")
+
+
+class Unmaskable(FedtuneError, ValueError):
+    """SecAgg+'s quantization range cannot carry this update without clipping it."""
+
+    code = UNMASKABLE
+    public = ("the site's update does not fit SecAgg+'s quantization range; raise "
+              "privacy.secagg-clip or privacy.secagg-max-weight")
 
 
 def is_legacy(msg: Message) -> bool:
@@ -65,7 +75,6 @@ def secagg_mod(msg: Message, ctx: Context, call_next) -> Message:
     if msg.metadata.message_type != MessageType.TRAIN or not msg.has_content() \
             or RECORD_KEY_CONFIGS not in msg.content.config_records:
         return call_next(msg, ctx)
-
     # The site's own SecAgg+ policy (issue #15): the coordinator chooses the cohort and the
     # reconstruction threshold; a cohort of the victim plus one fake node, or a threshold of half
     # or less, would let it unmask one site's update. Refused at setup and again at share-keys.
@@ -131,7 +140,7 @@ def _state(parameters, site: Site) -> OrderedDict[str, torch.Tensor]:
     expected = get_state(site.model, exclude=site.exclude)
     arrays = parameters_to_ndarrays(parameters)
     if len(arrays) != len(expected):
-        raise ValueError(f"the coordinator sent {len(arrays)} arrays, this site's adapter has "
+        raise ModelError(f"the coordinator sent {len(arrays)} arrays, this site's adapter has "
                          f"{len(expected)}: both sides must run the same model and LoRA config "
                          "(model.*, and FFA-LoRA on or off)")
     state = OrderedDict((k, torch.from_numpy(np.asarray(a, dtype=np.float32).copy()))
@@ -145,72 +154,49 @@ def check_quantizable(state: dict[str, torch.Tensor], *, num_examples: int, cfg:
     to send an update that would be clipped, naming the setting to change."""
     p = cfg.privacy
     if num_examples > p.secagg_max_weight:
-        raise ValueError(f"this site trained on {num_examples} examples, more than "
+        raise Unmaskable(f"this site trained on {num_examples} examples, more than "
                          f"privacy.secagg-max-weight = {p.secagg_max_weight:g}: raise it")
     limit = p.secagg_clip * p.secagg_max_weight / max(1, num_examples)
     peak = max(float(v.abs().max()) for v in state.values() if v.numel())
     if not peak <= limit:
-        raise ValueError(f"an adapter value of magnitude {peak:.3g} exceeds what SecAgg+ can carry "
+        raise Unmaskable(f"an adapter value of magnitude {peak:.3g} exceeds what SecAgg+ can carry "
                          f"for {num_examples} examples ({limit:.3g} = privacy.secagg-clip x "
                          "secagg-max-weight / num-examples): raise privacy.secagg-clip")
 
 
-def _error(msg: Message, code: int, reason: str) -> Message:
-    return Message(Error(code=code, reason=reason), reply_to=msg)
-
-
-def handle_legacy_train(msg: Message, context: Context, site: Site, facts: SiteFacts,
-                        cfg: RunConfig) -> Message:
+def handle_legacy_train(msg: Message, context: Context, site: Site, cfg: RunConfig) -> Message:
     """Legacy FitIns in, site.fit, legacy FitRes out (secagg_mod masks it before it leaves)."""
     if not (is_legacy(msg) and RECORD_KEY_CONFIGS in msg.content.config_records):
-        return _error(msg, REFUSED, f"{facts.name} refused: privacy.secure-aggregation is on, so "
-                      "this site sends its update only masked by SecAgg+; run the coordinator "
-                      "with the same config (server/secagg.py) and secagg_mod in the ClientApp")
-    if cfg.simulation.attack == "dropout" and "partition-id" in context.node_config \
-            and facts.index == cfg.simulation.sites - 1:  # test knob: leave mid-protocol
-        return _error(msg, DROPPED, f"{facts.name} dropped out at the collect-masked-vectors "
-                      "stage (simulation.attack=dropout)")
+        raise PolicyViolation("privacy.secure-aggregation is on, so this site sends its update "
+                              "only masked by SecAgg+; run the coordinator with the same config "
+                              "(server/secagg.py) and secagg_mod in the ClientApp",
+                              public=PLAINTEXT_REFUSED)
     fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
-    try:
-        policy = enforce_policy(context.node_config, cfg, rows=len(site.splits["train"]))
-        new_state, stats = site.fit(_state(fitins.parameters, site),
-                                    server_round=int(fitins.config["server-round"]),
-                                    run=str(context.run_id))
-    except (PolicyViolation, PrivacyBudgetExceeded) as err:
-        return _error(msg, REFUSED, f"{facts.name} refused: {err}")
+    policy = enforce_policy(context.node_config, cfg, rows=len(site.splits["train"]))
+    new_state, stats = site.fit(_state(fitins.parameters, site),
+                                server_round=server_round(fitins.config), run=str(context.run_id))
     num_examples = int(stats["num_examples"])
-    try:
-        check_quantizable(new_state, num_examples=num_examples, cfg=cfg)
-    except ValueError as err:
-        return _error(msg, UNMASKABLE, f"{facts.name}: {err}")
+    check_quantizable(new_state, num_examples=num_examples, cfg=cfg)
     metrics = redact_metrics(policy, {k: float(stats[k]) for k in ACCOUNTING if k in stats})
     metrics.pop("num-examples", None)
     res = FitRes(status=Status(code=Code.OK, message="OK"),
                  parameters=ndarrays_to_parameters([v.numpy() for v in new_state.values()]),
-                 num_examples=num_examples, metrics={**metrics, "site": facts.name})
+                 num_examples=num_examples, metrics={**metrics, "site": site.facts.name})
     return Message(compat.fitres_to_recorddict(res, keep_input=False), reply_to=msg)
 
 
-def handle_legacy_evaluate(msg: Message, context: Context, site: Site, facts: SiteFacts,
-                           cfg: RunConfig) -> Message:
+def handle_legacy_evaluate(msg: Message, context: Context, site: Site, cfg: RunConfig) -> Message:
     """Legacy EvaluateIns in, site.evaluate on the test split, legacy EvaluateRes out."""
     ins = compat.recorddict_to_evaluateins(msg.content, keep_input=True)
-    try:
-        policy = enforce_policy(context.node_config, cfg, rows=len(site.splits["train"]))
-    except PolicyViolation as err:
-        return _error(msg, REFUSED, f"{facts.name} refused: {err}")
-    state = _state(ins.parameters, site)
-    metrics = site.evaluate(state, split="test")
-    if int(ins.config.get("server-round", 0)) == cfg.federation.rounds \
-            and cfg.task.type != "causal-lm" and len(site.splits["test"]):
-        metrics["mia_auc"] = loss_threshold_auc(site.model, site.splits["train"],
-                                                site.splits["test"], num_labels=site.num_labels,
-                                                pad_id=site.pad_id)  # as client/app.py does
+    policy = enforce_policy(context.node_config, cfg, rows=len(site.splits["train"]))
+    rnd = server_round(ins.config)
+    metrics = site.evaluate(_state(ins.parameters, site), split="test")
+    metrics.update(final_audit(site, cfg, rnd))
     num_examples = int(metrics.pop("num_examples"))
     shared = {k: float(v) for k, v in metrics.items() if k in ALLOWED_METRICS}
     shared = redact_metrics(policy, shared)
     shared.pop("num-examples", None)
     res = EvaluateRes(status=Status(code=Code.OK, message="OK"),
                       loss=float(shared.get("loss", 0.0)), num_examples=num_examples,
-                      metrics={**shared, "site": facts.name})
+                      metrics={**shared, "site": site.facts.name})
     return Message(compat.evaluateres_to_recorddict(res), reply_to=msg)

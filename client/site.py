@@ -5,9 +5,8 @@ stays, so reloading the model and re-tokenising every round is pure waste."""
 
 from __future__ import annotations
 
+import collections
 import dataclasses
-import functools
-import json
 import os
 import sys
 import time
@@ -32,7 +31,7 @@ from client.trainer import (
     train,
 )
 from common.adapter import FFA_FROZEN, get_state, set_state
-from common.config import RunConfig, from_flat
+from common.config import RunConfig
 from common.data import prepare_site
 from common.device import accel_for, place
 from common.errors import ConfigError
@@ -250,12 +249,46 @@ def set_threads(cfg: RunConfig) -> None:
         torch.set_num_threads(threads)
 
 
-@functools.lru_cache(maxsize=8)
-def _cached_site(cfg_json: str, facts: SiteFacts) -> Site:
-    return Site(from_flat(json.loads(cfg_json)), facts)
+def _stamp(path: str | Path) -> tuple:
+    """What identifies a file's or directory's state cheaply: names, sizes, modification times."""
+    path = Path(path)
+    if path.is_dir():
+        return tuple(sorted((e.name, e.stat().st_size, e.stat().st_mtime_ns)
+                            for e in os.scandir(path) if e.is_file()))
+    try:
+        st = path.stat()
+    except OSError:
+        return ()
+    return (st.st_size, st.st_mtime_ns)
+
+
+class _Memo:
+    """A small LRU of warm sites (a deployed runtime serves one site; a simulation's Ray actor
+    may serve a few partitions). Old entries are dropped, so memory stays bounded."""
+
+    def __init__(self, size: int):
+        self.size, self.items = size, collections.OrderedDict()
+
+    def get(self, key: tuple, build) -> Site:
+        if key in self.items:
+            self.items.move_to_end(key)
+        else:
+            self.items[key] = build()
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+        return self.items[key]
+
+
+_SITES = _Memo(4)
 
 
 def get_site(cfg: RunConfig, facts: SiteFacts) -> Site:
-    """The process-wide memo of sites (keyed by the resolved config and the site's facts)."""
+    """The process-wide memo of warm sites: prepared data, tokenised splits, model and tokenizer
+    stay in memory across messages and rounds, keyed by the resolved config's hash, the site's
+    facts and the state of its data file and base model (either changed: rebuilt)."""
+    from common.model import resolve_base
+
     set_threads(cfg)
-    return _cached_site(json.dumps(cfg.to_flat(), sort_keys=True), facts)
+    key = (cfg.hash(), cfg.output.run_dir, facts, _stamp(facts.data_path),
+           _stamp(resolve_base(cfg.model)))
+    return _SITES.get(key, lambda: Site(cfg, facts))

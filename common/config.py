@@ -7,8 +7,10 @@ accepted too. Unknown keys and wrong types raise `ConfigError` naming the key an
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
+import functools
 import hashlib
 import json
 import tomllib
@@ -223,5 +225,12 @@ def resolve(config_file: str | Path | None = None, sets: list[str] | None = None
 
 
 def from_run_config(run_config: dict[str, Any]) -> RunConfig:
-    """The ServerApp's and ClientApp's single parse of Flower's flat run_config."""
-    return from_flat(dict(run_config), origin="Flower run_config")
+    """The ServerApp's and ClientApp's parse of Flower's flat run_config: once per distinct
+    config (every mod and handler of a message, and every message of a run, share it). The
+    result is a copy, so a caller cannot alter what the next one gets."""
+    return copy.deepcopy(_parse_run_config(tuple(sorted(dict(run_config).items()))))
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_run_config(items: tuple[tuple[str, Any], ...]) -> RunConfig:
+    return from_flat(dict(items), origin="Flower run_config")

@@ -4,9 +4,24 @@ Two audiences. The full message (file, row, column, value, fix) is for the perso
 it goes to the terminal or the site's own log. What crosses the network from a site is only
 `wire(err)`: a numeric code and a FIXED, value-free reason (which rule, which fix) — never a data
 value, a path, a column list or a row count. An error that knows a more precise fixed reason
-passes it as `public=` (a literal string, never formatted with values)."""
+passes it as `public=`: a module-level constant made with `reason("...")`, which registers it.
+The site's outbound guard lets an error leave only with a registered reason."""
 
 from __future__ import annotations
+
+_REASONS: set[str] = set()
+
+
+def reason(text: str) -> str:
+    """Register a fixed, value-free reason a site may send (call at module level, never with
+    a formatted string) and return it."""
+    _REASONS.add(text)
+    return text
+
+
+def is_public_reason(text: str) -> bool:
+    """True for a reason registered with `reason()` (or a FedtuneError class's `public`)."""
+    return text in _REASONS
 
 # Error codes a site may send to the coordinator (Flower `Error.code`), one place for all of them.
 REFUSED = 451      # the site refuses the round: its policy or its privacy budget
@@ -30,6 +45,10 @@ class FedtuneError(Exception):
 
     code = INTERNAL
     public = "the site hit an error; its operator finds the details in the site's log"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _REASONS.add(cls.public)
 
     def __init__(self, *args, public: str | None = None):
         super().__init__(*args)
@@ -68,8 +87,11 @@ class PrivacyBudgetExceeded(FedtuneError, RuntimeError):
     public = "refused: the round would pass the site's privacy budget"
 
 
+_REASONS.add(FedtuneError.public)
+
+
 def wire(err: BaseException) -> tuple[int, str]:
     """(code, reason) for an error that must leave a site: never the error's own text."""
     if isinstance(err, FedtuneError):
-        return err.code, err.public
+        return err.code, err.public if err.public in _REASONS else type(err).public
     return INTERNAL, FedtuneError.public

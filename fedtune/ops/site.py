@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import re
+import secrets
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +97,10 @@ def start(*, coordinator: str, ca: Path | None, key: Path | None, data: Path, si
         print(f"fedtune: coordinator {coordinator} not reachable yet; the site keeps retrying",
               flush=True)
     env, marker = ops_env(site_dir / "flwr-home")
+    secret = _new_secret(site_dir / "runtime.secret")
     cmd = ["flower-supernode", "--superlink", f"{host}:{cport}", "--host", "127.0.0.1",
-           "--port", str(port), "--isolation", "subprocess",
+           "--port", str(port), "--isolation", "process",
+           "--superexec-auth-secret-file", str(site_dir / "runtime.secret"),
            "--node-config", str(site_dir / "node-config.toml")]
     if insecure:
         cmd.append("--insecure")
@@ -109,12 +115,53 @@ def start(*, coordinator: str, ca: Path | None, key: Path | None, data: Path, si
             print(f"site {name} connected to coordinator {coordinator} as node "
                   f"{line.rsplit(':', 1)[-1].strip()}", flush=True)
 
-    code, last = run_foreground(cmd, env=env, log=site_dir / "site.log", marker=marker, cwd=site_dir,
-                                on_line=_announce)
+    stop = threading.Event()
+    runtime = start_runtime(port=port, secret=secret, site_dir=site_dir, stop=stop,
+                            pinned=tuple(getattr(load_policy(policy), "app_sha256", ()))
+                            if policy else ())
+    try:
+        code, last = run_foreground(cmd, env=env, log=site_dir / "site.log", marker=marker,
+                                    cwd=site_dir, on_line=_announce)
+    finally:
+        stop.set()
+        runtime.join(timeout=5)
     if code:
         raise FedtuneError(explain_exit(code, "\n".join(last[-20:]), name=name, key=key,
                                         coordinator=coordinator, log=site_dir / "site.log"))
     return 0
+
+
+def _new_secret(path: Path) -> bytes:
+    """A fresh random secret shared by this site's SuperNode and its runtime only (0600)."""
+    secret = secrets.token_bytes(32)
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(secret)
+    return secret
+
+
+def start_runtime(*, port: int, secret: bytes, site_dir: Path, stop: threading.Event,
+                  pinned: tuple[str, ...] = ()) -> threading.Thread:
+    """The site runtime (client/runtime.py) in a thread of this process: it serves the
+    SuperNode's tasks with the fedtune installed here, never the coordinator's bundle."""
+    from client.runtime import Installed, SiteRuntime
+
+    handler = logging.FileHandler(site_dir / "runtime.log", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    site_log = logging.getLogger("fedtune.site")
+    site_log.addHandler(handler)
+    site_log.setLevel(logging.INFO)
+    installed = Installed.here(pinned)
+    runtime = SiteRuntime(address=f"127.0.0.1:{port}", installed=installed, secret=secret,
+                          timing_log=site_dir / "runtime-timing.jsonl")
+    thread = threading.Thread(target=runtime.serve, args=(stop,), name="fedtune-site-runtime",
+                              daemon=True)
+    thread.start()
+    print(f"site runtime: serving this site's tasks with fedtune {installed.version} as "
+          f"installed here (bundles are checked, never run; log {site_dir / 'runtime.log'})",
+          flush=True)
+    return thread
 
 
 def explain_exit(code: int, text: str, *, name: str, key: Path | None, coordinator: str,
