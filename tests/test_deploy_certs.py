@@ -104,9 +104,14 @@ def test_compose_parses_and_names_the_pieces():
     for name in ("bank-a", "bank-b", "hospital-c"):
         cmd = " ".join(services[name]["command"])
         assert "site start" in cmd and "--ca" in cmd and "--key" in cmd and "--data" in cmd
-        assert f"/certs/{name}.key" in cmd and f"./certs/site-{name}:/certs:ro" in services[name]["volumes"]
+        assert f"/keys/{name}.key" in cmd and f"./certs/site-{name}:/certs:ro" in services[name]["volumes"]
+        assert f"./keys/{name}:/keys:ro" in services[name]["volumes"]  # its own key, made by itself
     assert "coordinator start" in " ".join(services["coordinator"]["command"])
     assert services["coordinator"]["ports"] == ["9443:9443"]
+    # the operator reaches Control through the coordinator's loopback, never the published port
+    assert services["submit"]["network_mode"] == "service:coordinator"
+    assert "127.0.0.1:9443" in services["submit"]["command"]
+    assert "--site-keys" in services["certs"]["command"]
 
 
 def test_run_config_for_deployment(tmp_path):
