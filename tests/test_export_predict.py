@@ -204,3 +204,22 @@ def test_predict_bad_rows_fail_clearly(exported, data_file, tmp_path, capsys, ca
     if case != "bad_out":
         assert str(bad) in err
     assert not out.exists()
+
+
+def test_predict_and_export_run_on_the_requested_device(exported, run_dir, data_file, tmp_path):
+    import torch
+
+    from common.errors import ConfigError
+    from fedtune.export import export_run
+    from fedtune.predict import predict_file
+
+    out, _ = exported
+    res = predict_file(out, data=data_file, out=tmp_path / "p.csv", progress=False, device="cpu")
+    assert res["device"] == "cpu" and res["rows"] == 40
+    # int8 is a CPU model whatever is asked for
+    assert predict_file(out / "int8", data=data_file, out=tmp_path / "q.csv", progress=False)["device"] == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="train.device"):
+            predict_file(run_dir, data=data_file, out=tmp_path / "r.csv", progress=False, device="cuda")
+        with pytest.raises(ConfigError, match="train.device"):
+            export_run(run_dir, out=tmp_path / "e", device="cuda:0")

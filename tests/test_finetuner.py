@@ -86,3 +86,20 @@ def test_regression_and_binary_threshold(tiny_model_dir):
     clf.fit(texts[:90], names[:90], texts[90:], names[90:])
     assert clf.threshold is not None and {"recall_1", "pr_auc", "threshold"} <= set(clf.evaluate(texts[90:], names[90:]))
     assert set(clf.predict(texts[:5])) <= {"intent_0", "intent_1"}
+
+
+def test_device_batch_auto_and_grad_accum(tiny_model_dir, capsys):
+    import torch
+
+    texts, names = make_texts(64, 2)
+    tuner = FineTuner(base_model=str(tiny_model_dir), labels=["intent_0", "intent_1"])
+    tuner.set_params(epochs=1, max_length=24, batch_size="auto", grad_accum=2, device="auto")
+    tuner.fit(texts, names)
+    if not torch.cuda.is_available():
+        assert "device cpu (CPU), fp32, batch size 32 (auto on CPU), grad-accum 2" in capsys.readouterr().out
+        assert tuner.history[0]["steps"] == 1  # 64 rows / (32 x 2)
+        with pytest.raises(ConfigError, match="train.device"):
+            FineTuner(base_model=str(tiny_model_dir)).set_params(device="cuda", verbose=False).fit(texts, names)
+    assert len(tuner.predict(texts[:3])) == 3
+    with pytest.raises(ConfigError, match="train.device"):
+        tuner.set_params(device="gpu")
