@@ -104,33 +104,45 @@ def bench_train(base: Path, csv: Path, *, device: str, precision: str, steps: in
 
 
 def agreement(base: Path, csv: Path, work: Path, *, devices: list[str]) -> dict:
-    """One Site round (Site.fit, round 1) from the same global state on each device; the
-    adapters that come back (CPU float32 by construction) must agree within TOL_REL."""
+    """One Site round (Site.fit, round 1) from the same global state on each device, fp32; the
+    adapters that come back (CPU float32 by construction) must agree within TOL_REL. Gated on
+    SGD, whose update is linear in the gradient; AdamW is reported too (its first steps are
+    nearly sign-SGD, so near-zero gradient entries can flip on rounding and stand out)."""
+    out = {"devices": devices, "tolerance_rel": TOL_REL, "gate": "sgd"}
+    for opt in ("sgd", "adamw"):
+        out[opt] = _round_diffs(base, csv, work, devices=devices, optimizer=opt)
+    out["steps"] = out["sgd"].pop("steps")
+    out["adamw"].pop("steps")
+    out["ok"] = all(out["sgd"][d]["rel_diff"] <= TOL_REL for d in devices[1:])
+    if devices == ["cpu", "cpu/again"]:
+        out["note"] = "--cpu-only: the CPU against itself (must be 0: the round is deterministic)"
+    return out
+
+
+def _round_diffs(base: Path, csv: Path, work: Path, *, devices: list[str], optimizer: str) -> dict:
     from client.site import Site, SiteFacts
     from common.adapter import get_state
 
     states, start = {}, None
-    for dev in devices:
-        cfg = _config(base, device=dev, extra=("federation.rounds=1",))
+    for label in devices:
+        dev = label.split("/")[0]  # "cpu/again": the CPU a second time (--cpu-only)
+        cfg = _config(base, device=dev, extra=("federation.rounds=1", f"train.optimizer={optimizer}"))
         site = Site(cfg, SiteFacts(name=f"check-{dev}", index=0, data_path=str(csv),
-                                   site_dir=str(work / f"check-{dev}")))
+                                   site_dir=str(work / f"check-{optimizer}-{label.replace('/', '-')}")))
         start = start if start is not None else get_state(site.model)
         state, stats = site.fit(start, server_round=1)
         assert all(v.dtype == torch.float32 and v.device.type == "cpu" for v in state.values())
-        states[dev] = (state, stats)
+        states[label] = (state, stats)
+        del site
     ref, ref_stats = states[devices[0]]
-    out = {"devices": devices, "tolerance_rel": TOL_REL, "steps": int(ref_stats["steps"])}
+    out = {"steps": int(ref_stats["steps"])}
+    delta_ref = torch.cat([(ref[k] - start[k]).flatten() for k in ref])
     for dev in devices[1:]:
         other, stats = states[dev]
-        delta_ref = torch.cat([(ref[k] - start[k]).flatten() for k in ref])
         delta = torch.cat([(other[k] - start[k]).flatten() for k in ref])
-        rel = float((delta - delta_ref).norm() / delta_ref.norm().clamp_min(1e-12))
-        out[dev] = {"rel_diff": rel, "max_abs_diff": float((delta - delta_ref).abs().max()),
-                    "train_loss": [float(ref_stats["train_loss"]), float(stats["train_loss"])],
-                    "ok": rel <= TOL_REL}
-    out["ok"] = all(out[d]["ok"] for d in devices[1:])
-    if len(devices) == 1:
-        out["note"] = "one device only (--cpu-only): nothing to compare; the code path ran"
+        out[dev] = {"rel_diff": float((delta - delta_ref).norm() / delta_ref.norm().clamp_min(1e-12)),
+                    "max_abs_diff": float((delta - delta_ref).abs().max()),
+                    "train_loss": [float(ref_stats["train_loss"]), float(stats["train_loss"])]}
     return out
 
 
@@ -206,10 +218,11 @@ def to_markdown(res: dict) -> str:
         lines.append(f"| 2-site federation, {r['rounds']} round, end to end (site loops alone: "
                      f"{r['train_samples_per_s']}/s) | {dev} | {r['samples_per_s']} | - | {r['wall_s']} |")
     a = res["agreement"]
+    diffs = "; ".join(f"{opt} {d}: rel diff {a[opt][d]['rel_diff']:.2e}, max abs {a[opt][d]['max_abs_diff']:.2e}"
+                      for opt in ("sgd", "adamw") for d in a["devices"][1:])
     lines += ["", f"CUDA vs CPU round from the same state (Site.fit, {a['steps']} steps, fp32): "
-              + ("; ".join(f"{d}: rel diff {a[d]['rel_diff']:.2e}, max abs {a[d]['max_abs_diff']:.2e}"
-                           for d in a["devices"][1:]) or a.get("note", ""))
-              + f" — {'OK' if a['ok'] else 'FAILED'} (tolerance {a['tolerance_rel']:g})",
+              + diffs + (f" ({a['note']})" if a.get("note") else "")
+              + f" — {'OK' if a['ok'] else 'FAILED'} (gate: sgd rel diff <= {a['tolerance_rel']:g})",
               "", "train.batch-size = auto: " + ", ".join(
                   f"{d}: {r['batch_size']} ({r['how']}, {r['seconds']} s)" for d, r in res["batch_auto"].items()),
               f"\nTotal {res['wall_s']} s."]
@@ -228,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_float32_matmul_precision("highest")  # fp32 means fp32 (no TF32) on the GPU
     t0 = time.perf_counter()
     size = SIZES["quick" if args.quick else "full"]
     devices = ["cpu"] + ([] if args.cpu_only else ["cuda"])
@@ -252,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
                                                   device=dev, rounds=size["rounds"])
         res["batch_auto"][dev] = batch_probe(base, csv, device=dev, max_length=size["max_length"])
     print("agreement ...", flush=True)
-    res["agreement"] = agreement(base, site_csv, work, devices=devices)
+    res["agreement"] = agreement(base, site_csv, work, devices=devices if len(devices) > 1 else ["cpu", "cpu/again"])
     res["wall_s"] = round(time.perf_counter() - t0, 1)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

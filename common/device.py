@@ -92,7 +92,8 @@ def accel_for(cfg) -> Accel:
 
 def is_quantized(model: torch.nn.Module) -> bool:
     """A bitsandbytes-loaded base: placed by its device_map, and `.to()` is refused."""
-    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_loaded_in_8bit", False))
+    return any(bool(getattr(model, name, False))
+               for name in ("is_loaded_in_4bit", "is_loaded_in_8bit", "is_quantized"))
 
 
 def place(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
