@@ -54,7 +54,8 @@ from client.policy_rules import privacy_rules
 
 KEYS = ("max-epsilon", "base-model-sha256", "task-types", "share-metrics", "min-rows",
         "privacy-budget", "max-delta", "require-scrub", "allow-augment-under-dp",
-        "max-rounds-per-run", "allow-full-finetune", "secagg-min-cohort", "secagg-min-threshold")
+        "max-rounds-per-run", "allow-full-finetune", "secagg-min-cohort", "secagg-min-threshold",
+        "app-sha256")
 # file key -> (SitePolicy field, type) of the scalar keys that travel as `policy-<key>`
 SCALARS = {"require-scrub": ("require_scrub", bool), "allow-augment-under-dp": ("allow_augment_under_dp", bool),
            "max-rounds-per-run": ("max_rounds_per_run", int), "allow-full-finetune": ("allow_full_finetune", bool),
@@ -89,6 +90,7 @@ class SitePolicy:
     allow_full_finetune: bool = True
     secagg_min_cohort: int = 3  # enforced by client/secagg.py
     secagg_min_threshold: float = 0.5  # SecAgg+ threshold must be > this fraction of the cohort
+    app_sha256: tuple[str, ...] = ()  # accepted run bundles (client/runtime.py); () = the version
     source: str = ""  # the policy file, named in every message
     site: str = ""
 
@@ -105,6 +107,11 @@ class SitePolicy:
                 raise ConfigError(f"{where}: base-model-sha256 entry {h!r} is not a 64-digit lowercase "
                                   "hex sha256; compute it with `python -c \"from common.model import "
                                   "model_fingerprint; print(model_fingerprint('MODEL_DIR'))\"`")
+        for h in self.app_sha256:
+            if len(h) != 64 or any(c not in "0123456789abcdef" for c in h):
+                raise ConfigError(f"{where}: app-sha256 entry {h!r} is not a 64-digit hex sha256: "
+                                  "pin the sha256 of the agreed release's bundle (the site's "
+                                  "runtime.log names the hash of every bundle it refuses)")
         if self.min_rows < 0:
             raise ConfigError(f"{where}: min-rows = {self.min_rows} must be 0 or more")
         if self.privacy_budget is not None and not self.privacy_budget > 0:
@@ -144,7 +151,8 @@ def _strings(where: str, key: str, value: Any) -> tuple[str, ...]:
         value = [v for v in value.split(",")]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{where}: `{key}` must be a list of strings, e.g. {key} = [\"...\"]")
-    return tuple(v.strip().lower() if key == "base-model-sha256" else v.strip() for v in value if v.strip())
+    lower = key in ("base-model-sha256", "app-sha256")
+    return tuple(v.strip().lower() if lower else v.strip() for v in value if v.strip())
 
 
 def _typed(where: str, key: str, value: Any, typ: type) -> Any:
@@ -170,6 +178,7 @@ def policy_from_dict(values: dict[str, Any], *, source: str = "", site: str = ""
         max_epsilon=None if eps is None else _typed(where, "max-epsilon", eps, float),
         base_sha256=_strings(where, "base-model-sha256", values.get("base-model-sha256", [])),
         task_types=_strings(where, "task-types", values.get("task-types", [])),
+        app_sha256=_strings(where, "app-sha256", values.get("app-sha256", [])),
         share_metrics=_typed(where, "share-metrics", values.get("share-metrics", True), bool),
         min_rows=_typed(where, "min-rows", values.get("min-rows", 0), int),
         privacy_budget=None if budget is None else _typed(where, "privacy-budget", budget, float),

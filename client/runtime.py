@@ -25,6 +25,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -77,6 +78,15 @@ def check_bundle(run, fab, installed: Installed) -> None:
                         "(app-sha256)")
     if problems:
         raise BundleRefused("refused run %s: its bundle has %s" % (run.run_id, "; ".join(problems)))
+
+
+def _rss_mib() -> float:
+    """This process's resident memory now (Linux), to show it stays flat across rounds."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def _local_app():
@@ -188,7 +198,8 @@ class SiteRuntime:
                 work = float(rec.get("train_seconds", rec.get("eval_seconds", 0.0)) or 0.0)
         entry = {"time": time.time(), "type": message.metadata.message_type,
                  "run": message.metadata.run_id, "pull": t1 - t0, "call": t2 - t1, "work": work,
-                 "push": t3 - t2, "overhead": (t3 - t0) - work, "error": reply.has_error()}
+                 "push": t3 - t2, "overhead": (t3 - t0) - work, "error": reply.has_error(),
+                 "rss_mib": _rss_mib()}
         if self.timing_log is not None:
             with open(self.timing_log, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(entry) + "\n")

@@ -5,7 +5,8 @@ fixed reasons leaves it when a run's config breaks its data pipeline.
 Attacks, as a curious or malicious coordinator would mount them:
 - submit a modified source tree whose ClientApp writes a marker file at import and would send the
   site's data file back: the marker never appears, nothing of the file reaches the coordinator;
-- submit a bundle of another fedtune version: refused with code 459, nothing runs;
+- submit a bundle of another fedtune version, or one whose hash a site's policy does not pin:
+  refused with code 459, nothing runs, the run goes on with the other sites;
 - by config alone, drive every data-pipeline error a coordinator can trigger (regression on a text
   column, a label outside the label space, a wrong column name, a data file that is gone):
   the sentinel planted in the site's data, the site's paths and its unnamed columns never appear in
@@ -77,11 +78,14 @@ def fed(tmp_path_factory, tiny_model_dir):
         f.spawn("coordinator", "coordinator", "start", "--insecure", "--port", str(f.port),
                 "--state", str(tmp / "coord/state.db"))
         f.wait_for("coordinator", "coordinator listening", 90)
-        for name in "ab":
+        shutil.copy(tmp / "data-a.csv", tmp / "data-c.csv")
+        (tmp / "c-policy.toml").write_text(f'app-sha256 = ["{"0" * 64}"]\n')  # pins another bundle
+        for name in "abc":
+            policy = ["--policy", str(tmp / "c-policy.toml")] if name == "c" else []
             f.spawn(f"site-{name}", "site", "start", "--insecure", "--coordinator", f.coordinator,
                     "--data", str(tmp / f"data-{name}.csv"), "--site-dir", str(tmp / f"site-{name}"),
-                    "--name", name, "--port", str(free_port()))
-        for name in "ab":
+                    "--name", name, "--port", str(free_port()), *policy)
+        for name in "abc":
             f.wait_for(f"site-{name}", f"site {name} connected to coordinator", 90)
         yield f
     finally:
@@ -134,6 +138,9 @@ def test_a_modified_bundle_never_runs_at_the_site(fed, tmp_path):
     assert not marker.exists()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["sites_trained"] == ["a", "b"], rows[0]  # the sites' own ClientApp served it
+    # site c pins another bundle's hash in its policy: refused with the bundle code, nothing run
+    assert len(rows[0]["failures"]) == 1 and "bundle" in rows[0]["failures"][0], rows[0]
+    assert "is not pinned" in (fed.tmp / "site-c/runtime.log").read_text()
     _assert_nothing_of_the_site(_coordinator_side(fed, out, proc), fed)
     # ... and the same long-lived runtime served every message: warm state, one process
     timings = [json.loads(line) for line in (fed.tmp / "site-a/runtime-timing.jsonl").read_text()
@@ -149,7 +156,7 @@ def test_a_bundle_of_another_version_is_refused(fed, tmp_path):
     assert not marker.exists()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["sites_trained"] == [], rows[0]
-    assert len(rows[0]["failures"]) == 2 and all("bundle" in r for r in rows[0]["failures"]), rows
+    assert len(rows[0]["failures"]) == 3 and all("bundle" in r for r in rows[0]["failures"]), rows
     for name in "ab":  # the operator sees why, at the site
         assert "REFUSED run" in fed.output(f"site-{name}")
         assert "0.0.9" in (fed.tmp / f"site-{name}/runtime.log").read_text()

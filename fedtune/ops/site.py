@@ -117,8 +117,7 @@ def start(*, coordinator: str, ca: Path | None, key: Path | None, data: Path, si
 
     stop = threading.Event()
     runtime = start_runtime(port=port, secret=secret, site_dir=site_dir, stop=stop,
-                            pinned=tuple(getattr(load_policy(policy), "app_sha256", ()))
-                            if policy else ())
+                            pinned=load_policy(policy).app_sha256 if policy else ())
     try:
         code, last = run_foreground(cmd, env=env, log=site_dir / "site.log", marker=marker,
                                     cwd=site_dir, on_line=_announce)
