@@ -6,6 +6,7 @@ round's sampling rate uses the same batch size."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -28,6 +29,8 @@ def resolve_batch_size(model: torch.nn.Module, data: Encoded, *, cfg: TrainConfi
     parameter). `site_dir` keeps the probe's result across processes."""
     if cfg.batch_size != "auto":
         return int(cfg.batch_size), "configured"
+    if dp:  # DP-SGD runs in float32 (client/dp_trainer.py): probe what it will use
+        cfg = dataclasses.replace(cfg, precision="fp32")
     accel = accel_for(cfg)
     if accel.device.type != "cuda" or len(data) == 0:
         return CPU_AUTO, "auto on CPU"

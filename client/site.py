@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from client.dp_trainer import train_dp
+from client.dp_trainer import dp_device, train_dp
 from client.lm import encode_lm, evaluate_lm, prepare_lm_site
 from client.privacy import PrivacyLedger, secure_rng, secure_seed, server_round_of
 from client.probe import resolve_batch_size
@@ -33,7 +33,7 @@ from client.trainer import (
 from common.adapter import FFA_FROZEN, get_state, set_state
 from common.config import RunConfig
 from common.data import prepare_site
-from common.device import accel_for, place
+from common.device import Accel, accel_for, place
 from common.errors import ConfigError
 from common.metrics import softmax, tune_threshold
 from common.model import build_model
@@ -101,7 +101,8 @@ class Site:
             raise ConfigError("train.grad-accum > 1 with privacy.dp: DP-SGD already accumulates "
                               "length-sorted micro-batches of each Poisson batch (expected size "
                               "train.batch-size); set train.grad-accum=1 and raise train.batch-size")
-        self.accel = accel_for(cfg.train)  # a clear ConfigError now when CUDA is asked for and absent
+        # a clear ConfigError now when CUDA is asked for and absent; DP-SGD always runs in fp32
+        self.accel = Accel(device=dp_device(cfg.train)) if cfg.privacy.dp else accel_for(cfg.train)
         built = build_model(cfg.model, num_labels=self.num_labels, seed=cfg.train.seed, task=self.task,
                             device=self.accel.device)
         self.model, self.tokenizer = built.model, built.tokenizer

@@ -152,6 +152,8 @@ def test_site_refuses_cuda_and_grad_accum_under_dp(tiny_model_dir, tmp_path, sit
         Site(_site_cfg(tiny_model_dir, "train.device=cuda"), facts)
     with pytest.raises(ConfigError, match="grad-accum"):
         Site(_site_cfg(tiny_model_dir, "privacy.dp=true", "train.grad-accum=2"), facts)
+    with pytest.raises(ConfigError, match="privacy.dp"):  # DP-SGD clips in float32
+        Site(_site_cfg(tiny_model_dir, "privacy.dp=true", "train.precision=bf16"), facts)
 
 
 @no_cuda
