@@ -27,7 +27,11 @@ if [ -x "$VENV/bin/python" ] && need "$VENV/bin/python"; then
   PY="$VENV/bin/python"
 elif [ -d wheels ]; then
   echo "gpu_check: installing from wheels/ into $VENV (no network)"
-  [ -x "$VENV/bin/python" ] || python3 -m venv --system-site-packages "$VENV"
+  if [ ! -x "$VENV/bin/python" ]; then
+    "${PYTHON:-python3}" -c 'import sys; sys.exit(sys.version_info[:2] not in ((3, 11), (3, 12)))' \
+      || { echo "gpu_check: fedtune needs Python 3.11 or 3.12: set PYTHON=/path/to/python3.12"; exit 2; }
+    "${PYTHON:-python3}" -m venv --system-site-packages "$VENV"
+  fi
   # only the dependencies: the check runs from this checkout (python -m bench.gpu_check)
   "$VENV/bin/python" -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["dependencies"]))' > "$VENV/fedtune-requirements.txt"
   "$VENV/bin/pip" install --quiet --no-index --find-links wheels -r "$VENV/fedtune-requirements.txt"
