@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from common.errors import FedtuneError
+from common.errors import REFUSED, FedtuneError
 
 GENESIS = "0" * 64
 JOURNAL, MARKER, LOCK = "ledger/journal.jsonl", "lineage.json", "ledger/.lock"
@@ -40,6 +40,7 @@ JOURNAL, MARKER, LOCK = "ledger/journal.jsonl", "lineage.json", "ledger/.lock"
 class LedgerCorrupt(FedtuneError, RuntimeError):
     """The journal does not verify against its lineage record: the site refuses to train."""
 
+    code = REFUSED
     public = ("refused: the site's privacy ledger does not verify; the site's operator must restore "
               "it from backup or reset it explicitly")
 
@@ -104,13 +105,20 @@ class Journal:
 
     def load(self) -> None:
         """Read and verify marker + journal; raises LedgerCorrupt naming the file."""
-        marker = json.loads(self.marker_path.read_text(encoding="utf-8")) if self.marker_path.is_file() else None
+        try:
+            marker = json.loads(self.marker_path.read_text(encoding="utf-8")) if self.marker_path.is_file() else None
+        except (OSError, ValueError):  # it is only ever replaced atomically: damaged, not torn
+            raise LedgerCorrupt(f"lineage record {self.marker_path} is unreadable: restore it from "
+                                "backup, or reset with `fedtune ledger reset --site-dir DIR --reason ...`") from None
         if marker is None:
             if self.path.is_file() and self.path.stat().st_size:
                 raise LedgerCorrupt(f"privacy ledger {self.path} exists but its lineage record {self.marker_path}"
                                     " is missing: restore it from backup, or start over with `fedtune ledger "
                                     "reset --site-dir DIR --reason ...`")
             self.marker, self.entries, self._torn = None, [], 0
+            return
+        if not self.path.is_file() and int(marker.get("count", 0)) == 0:
+            self.marker, self.entries, self._torn = marker, [], 0  # created, nothing written yet
             return
         if not self.path.is_file():
             raise LedgerCorrupt(f"privacy ledger {self.path} is missing but {self.marker_path} records "
@@ -160,6 +168,7 @@ class Journal:
         assert self._depth and self.marker is None
         lineage = uuid.uuid4().hex
         self.marker = {"lineage": lineage, "site": site, "source": source, "count": 0, "head": GENESIS}
+        _atomic_json(self.marker_path, self.marker)  # first: a journal never exists without it
         return self.append({"kind": "lineage", "lineage": lineage, "site": site, "source": source, **extra})
 
     def append(self, entry: dict[str, Any]) -> dict[str, Any]:

@@ -85,15 +85,16 @@ class PrivacyLedger:
         j = self.journal
         if j.marker is None:
             delta = min(default_delta(self.n), self._max_delta or 1.0)
+            imported = [{"file": old.name, "run": str(e["run"]), "round": int(e["round"]),
+                         "noise_multiplier": float(e["noise_multiplier"]),
+                         "sample_rate": float(e["sample_rate"]), "steps": int(e["steps"])}
+                        for old in sorted((j.site_dir / "ledger").glob("*.json"))  # format 1
+                        for e in json.loads(old.read_text(encoding="utf-8")).get("entries", [])]
+            # old per-fingerprint ledgers are imported IN the first entry: one write, never lost
             j.create(site=self.site, source=self.source,
                      extra={"delta": delta, "accountant": self._accountant,
                             "budget": self._budget or self._run_budget,
-                            "num_examples": self.n})
-            for old in sorted((j.site_dir / "ledger").glob("*.json")):  # format 1: imported, never lost
-                for e in json.loads(old.read_text(encoding="utf-8")).get("entries", []):
-                    j.append({"kind": "import", "file": old.name, "run": str(e["run"]), "round": int(e["round"]),
-                              "noise_multiplier": float(e["noise_multiplier"]),
-                              "sample_rate": float(e["sample_rate"]), "steps": int(e["steps"])})
+                            "num_examples": self.n, "imported": imported})
         lin = self.lineage
         if (lin["site"], lin["source"]) != (self.site, self.source):
             raise _refuse(f"privacy ledger {self.path} belongs to site {lin['site']!r} with data "
@@ -124,10 +125,16 @@ class PrivacyLedger:
         last = max((i for i, e in enumerate(entries) if e["kind"] == "reset"), default=-1)
         return entries[last + 1:]
 
+    def _steps(self, *, skip_run: str | None = None) -> list[tuple[float, float, int]]:
+        """(noise, q, steps) of every imported and trained round since the last reset."""
+        current = self._current()
+        rounds = [i for e in current if e["kind"] == "lineage" for i in e.get("imported", [])]
+        rounds += [e for e in current if e["kind"] == "round" and e["run"] != skip_run]
+        return [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in rounds]
+
     @property
     def history(self) -> list[tuple[float, float, int]]:
-        return [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in self._current()
-                if e["kind"] in ("round", "import")]
+        return self._steps()
 
     def spent(self) -> float:
         return compute_epsilon(self.history, delta=self.delta, accountant=self.accountant)
@@ -190,9 +197,7 @@ class PrivacyLedger:
                 raise PrivacyBudgetExceeded(
                     f"round refused: it would raise epsilon from {self.spent():.3f} to {after:.3f}, over "
                     f"the site's budget {self.budget:.3f} (delta {self.delta:.2e}, ledger {self.path})")
-            others = [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in self._current()
-                      if (e["kind"] == "round" and e["run"] != run) or e["kind"] == "import"]
-            before = compute_epsilon(others, delta=self.delta, accountant=self.accountant)
+            before = compute_epsilon(self._steps(skip_run=run), delta=self.delta, accountant=self.accountant)
             if after - before > plan.run_epsilon + 1e-3:
                 raise PrivacyBudgetExceeded(
                     f"round refused: run {run} would add epsilon {after - before:.3f}, more than its planned "
@@ -238,7 +243,10 @@ class PrivacyLedger:
                 lines.append(f"{when} plan   run {e['run']}: {e['rounds']} rounds x {e['steps_per_round']} steps,"
                              f" q={e['sample_rate']:.5f} sigma={e['noise_multiplier']:.3f} run epsilon "
                              f"{e['run_epsilon']:g} (target {e['target_epsilon']:.3f})")
-            elif kind in ("round", "import"):
+            elif kind == "lineage" and e.get("imported"):
+                lines.append(f"{when} import {len(e['imported'])} rounds from old ledgers "
+                             f"{sorted({i['file'] for i in e['imported']})}")
+            elif kind == "round":
                 lines.append(f"{when} {kind:<6} run {e['run']} round {e['round']}: sigma={e['noise_multiplier']:.3f}"
                              f" q={e['sample_rate']:.5f} steps={e['steps']} epsilon "
                              f"{e.get('epsilon', float('nan')):.3f}")

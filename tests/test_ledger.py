@@ -157,8 +157,9 @@ def test_old_json_ledgers_are_imported_not_forgotten(tmp_path):
     (tmp_path / "ledger").mkdir()
     (tmp_path / "ledger" / f"{'ab' * 12}.json").write_text(json.dumps(old))
     eps = _spend(tmp_path)
-    kinds = [e["kind"] for e in journal_entries(tmp_path)]
-    assert kinds[:2] == ["lineage", "import"] and eps == pytest.approx(_independent_epsilon(tmp_path))
+    first = journal_entries(tmp_path)[0]
+    assert first["kind"] == "lineage" and [i["run"] for i in first["imported"]] == ["old"]
+    assert eps == pytest.approx(_independent_epsilon(tmp_path))
     fresh = _spend(tmp_path / "fresh")
     assert eps > fresh
 

@@ -47,10 +47,11 @@ def _independent_epsilon(site_dir, accountant=None):
     lineage = entries[0]
     last_reset = max((i for i, e in enumerate(entries) if e["kind"] == "reset"), default=-1)
     acc = RDPAccountant() if (accountant or lineage["accountant"]) == "rdp" else PRVAccountant()
-    for e in entries[last_reset + 1:]:
-        if e["kind"] in ("round", "import"):
-            for _ in range(e["steps"]):  # as Opacus' own optimizer hook would
-                acc.step(noise_multiplier=e["noise_multiplier"], sample_rate=e["sample_rate"])
+    current = entries[last_reset + 1:]
+    rounds = [i for e in current if e["kind"] == "lineage" for i in e.get("imported", [])]
+    for e in rounds + [e for e in current if e["kind"] == "round"]:
+        for _ in range(e["steps"]):  # as Opacus' own optimizer hook would
+            acc.step(noise_multiplier=e["noise_multiplier"], sample_rate=e["sample_rate"])
     return acc.get_epsilon(delta=lineage["delta"]) if acc.history else 0.0
 
 

@@ -68,11 +68,13 @@ def test_epsilon_accumulates_across_rounds_and_runs(two_dp_runs):
 def test_site_at_budget_refuses_and_run_continues(two_dp_runs):
     tmp, runs, _ = two_dp_runs
     run2 = _metrics(tmp / "run2")
-    for row in run2:
+    for row in run2:  # the coordinator names a failing sender by its node (server/strategy.py)
         assert row["sites_trained"] == ["site-0"]
-        assert any(f.startswith("site-1") and "refused" in f for f in row["failures"])
+        assert any("refused" in f and not f.startswith("site-0") for f in row["failures"])
     summary = json.loads((tmp / "run2" / "summary.json").read_text())
-    assert summary["privacy"]["site-1"]["refused_rounds"] == [1, 2]
+    refused = [v["refused_rounds"] for k, v in summary["privacy"].items()
+               if not k.startswith("site-0") and "refused_rounds" in v]
+    assert refused == [[1, 2]]
     spent = _independent_epsilon(tmp / "sites" / "site-1")
     assert spent <= 2.0 + 1e-6
     assert "refused" in runs[1].stdout
