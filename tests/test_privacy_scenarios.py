@@ -108,8 +108,18 @@ def test_s4_delta_is_the_sites_not_the_coordinators(tmp_path, tiny_model_dir, si
     assert default.ledger().delta == pytest.approx(1 / (10 * default.records()))
 
 
-def test_s5_dp_randomness_is_not_predictable_from_the_seed(tmp_path, tiny_model_dir, site_csv):
+def test_s5_dp_randomness_is_not_predictable_from_the_seed(tmp_path, tiny_model_dir, site_csv,
+                                                           monkeypatch):
     """Scenario 5: Poisson sampling and noise came from train.seed, the site index and the round."""
+    from opacus.optimizers import DPOptimizer
+
+    seen, real_init = [], DPOptimizer.__init__
+
+    def spy(self, *args, **kwargs):  # records how the real optimizer is built, then builds it
+        seen.append(kwargs)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(DPOptimizer, "__init__", spy)
     def once(tag, *sets):
         site = _site(_cfg(tiny_model_dir, *sets), site_csv, tmp_path / tag)
         torch.manual_seed(0)
@@ -118,6 +128,8 @@ def test_s5_dp_randomness_is_not_predictable_from_the_seed(tmp_path, tiny_model_
 
     dp = [once(f"dp{i}") for i in range(2)]
     assert any(not torch.equal(dp[0][k], dp[1][k]) for k in dp[0])
+    assert len(seen) == 2 and all(k["secure_mode"] and k["generator"] is not None for k in seen)
+    assert seen[0]["generator"].initial_seed() != seen[1]["generator"].initial_seed()
     plain = [once(f"plain{i}", "privacy.dp=false") for i in range(2)]
     assert all(torch.equal(plain[0][k], plain[1][k]) for k in plain[0])  # non-DP stays reproducible
 
