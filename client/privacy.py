@@ -261,6 +261,8 @@ class PrivacyLedger:
 def open_ledger(site_dir: str | Path) -> PrivacyLedger:
     """The existing ledger of a site dir, for the operator's `fedtune ledger` commands."""
     journal = Journal(site_dir)
+    if not (journal.marker_path.exists() or journal.path.exists()):  # read-only: create nothing
+        raise FileNotFoundError(f"no privacy ledger under {journal.marker_path}")
     with journal.locked():
         lin = journal.entries[0] if journal.entries else None
     if lin is None:
