@@ -8,8 +8,9 @@ processes on loopback (plain HTTP on loopback: TLS costs nothing measurable here
 measures the site runtime), one `fedtune run`. Reports, per round, the wall time of each (the
 ServerApp's own round clock, metrics.jsonl `elapsed_s`) and their ratio, the accuracies (they
 must agree), and from every site's runtime-timing.jsonl the site-side overhead per message: the
-time a message spends at the site outside training/evaluation (pulling it from the SuperNode,
-building or reusing the warm site, pushing the reply) — cold first message vs warm later ones.
+time a message in hand spends at the site outside training/evaluation (building or reusing the
+warm site, policy checks, loading the arrays, pushing the reply to the SuperNode) — cold first vs
+warm later ones — and separately the wait for the message's arrays to reach the SuperNode.
 Writes <out>/deploy.json (ratios.deployed_over_simulated) and <out>/deploy.md."""
 
 from __future__ import annotations
@@ -121,12 +122,14 @@ def summarise(sim: list[dict], dep: list[dict], timings: list[list[dict]], *, wa
                        "accuracy_deployed": d["evaluate"].get("accuracy")})
     cold = [t[0]["overhead"] for t in timings if t]
     warm = [m["overhead"] for t in timings for m in t[1:]]
+    wait = [m["wait"] for t in timings for m in t]
     warm_rounds = rounds[1:] or rounds
     return {
         "config": config, "rounds": rounds, "walls_s": walls,
         "site_overhead_s": {"cold_first_message": {"mean": statistics.mean(cold), "max": max(cold)},
                             "warm": {"mean": statistics.mean(warm), "max": max(warm),
-                                     "messages": len(warm)}},
+                                     "messages": len(warm)},
+                            "waiting_for_arrays": {"mean": statistics.mean(wait), "max": max(wait)}},
         "site_rss_mib_per_message": [[round(m.get("rss_mib", 0.0)) for m in t] for t in timings],
         "accuracy_identical": all(r["accuracy_simulated"] == r["accuracy_deployed"] for r in rounds),
         "ratios": {"deployed_over_simulated": statistics.mean(r["ratio"] for r in warm_rounds),
@@ -150,7 +153,10 @@ def markdown(res: dict) -> str:
               f"Site-side overhead per message (outside training/evaluation): cold first message "
               f"{o['cold_first_message']['mean']:.2f} s mean (data pipeline, model load, tokenising), "
               f"warm {o['warm']['mean']:.3f} s mean / {o['warm']['max']:.3f} s max over "
-              f"{o['warm']['messages']} messages.",
+              f"{o['warm']['messages']} messages. Besides, each message waited "
+              f"{o['waiting_for_arrays']['mean']:.2f} s mean ({o['waiting_for_arrays']['max']:.2f} s max) "
+              "between the SuperNode handing it out and its arrays arriving from the coordinator "
+              "(Flower's SuperNode fetches them after the header, with its own 1 s retry backoff).",
               "Site process memory (RSS MiB) after each message: " + "; ".join(
                   " ".join(str(v) for v in t) for t in res["site_rss_mib_per_message"]) + ".",
               f"Whole runs: simulate {res['walls_s']['simulate']:.0f} s (with its process start), "
@@ -164,13 +170,18 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads per deployed site")
     ap.add_argument("--quick", action="store_true", help="tiny model: a smoke run of the bench")
     ap.add_argument("--base", default="", help="model.base (default: all-MiniLM-L6-v2)")
-    ap.add_argument("--out", default=str(REPO / "bench/results"))
+    ap.add_argument("--out", default="", help="default bench/results (bench/results/quick)")
     ap.add_argument("--work", default="")
     args = ap.parse_args()
     import tempfile
 
     work = Path(args.work or tempfile.mkdtemp(prefix="fedtune-bench-deploy-"))
-    sets = [f"federation.rounds={args.rounds}"] + ([f"model.base={args.base}"] if args.base else [])
+    base = args.base
+    if args.quick:
+        from bench.tiny import make_tiny_model
+
+        base = base or str(make_tiny_model(work / "tiny"))
+    sets = [f"federation.rounds={args.rounds}"] + ([f"model.base={base}"] if base else [])
     if args.quick:
         sets += ["model.max-length=32", "train.local-epochs=0.2"]
     (work / "s").mkdir(parents=True, exist_ok=True)
@@ -180,7 +191,7 @@ def main() -> int:
     res = summarise(sim, dep, timings, walls={"simulate": sim_wall, "deployed_run": dep_wall},
                     config={"sets": sets, "deployed_site_threads": args.threads,
                             "cpus": os.cpu_count()})
-    out = Path(args.out)
+    out = Path(args.out or REPO / ("bench/results/quick" if args.quick else "bench/results"))
     out.mkdir(parents=True, exist_ok=True)
     (out / "deploy.json").write_text(json.dumps(res, indent=2) + "\n")
     (out / "deploy.md").write_text(markdown(res))

@@ -183,13 +183,8 @@ def bench_federation(base: Path, csv: Path, work: Path, *, device: str, rounds: 
 
 
 def _forget_sites(site_mod) -> None:
-    """Drop the process's warm sites (their models) between runs, whichever memo this has."""
-    cached = getattr(site_mod, "_cached_site", None)
-    if cached is not None and hasattr(cached, "cache_clear"):
-        cached.cache_clear()
-    memo = getattr(site_mod, "_SITES", None)
-    if memo is not None and hasattr(memo, "items") and hasattr(memo.items, "clear"):
-        memo.items.clear()
+    """Drop the process's warm sites (their models) between runs."""
+    site_mod.clear_sites()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 

@@ -123,13 +123,13 @@ def run_inprocess(cfg: RunConfig, *, out: Path, log: Path) -> dict:
     run_id = zlib.crc32(str(out).encode()) & 0x7FFFFFFF
     grid = InProcessGrid(bench_client_app(), num_nodes=cfg.simulation.sites,
                          run_config=cfg.to_flat(), run_id=run_id)
-    site_mod._cached_site.cache_clear()  # sites of earlier runs would hold their models
+    site_mod.clear_sites()  # sites of earlier runs would hold their models
     TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, run_id, 1
     logging.getLogger("flwr").setLevel(logging.WARNING)
     with open(log, "a", encoding="utf-8") as fh, contextlib.redirect_stdout(fh):
         server_app.run(grid, cfg)
     wall = time.perf_counter() - t0
-    site_mod._cached_site.cache_clear()
+    site_mod.clear_sites()
     grid_bytes = [u["bytes"] for u in grid.uploads]
     (out / "bench.json").write_text(json.dumps({
         "wall_s": wall, "sites": cfg.simulation.sites,

@@ -17,8 +17,9 @@ what code runs next to the site's data. This runtime instead:
   warm across messages and rounds (client/site.py),
 - pushes the reply; whatever fails, only a code and a fixed reason leave (client/errors_mod.py).
 
-It uses Flower's runtime helpers (`pull_task_input`, `push_message`, `push_task_output`): internals
-of the pinned flwr==1.42.0, kept under test (tests/test_site_runtime.py)."""
+It uses Flower's runtime helpers (`push_message`, `push_task_output`; the pull is
+client/runtime_io.py): internals of the pinned flwr==1.42.0, kept under test
+(tests/test_site_runtime.py)."""
 
 from __future__ import annotations
 
@@ -150,11 +151,9 @@ class SiteRuntime:
         """Pull one task's input, run the local ClientApp, push the reply."""
         from flwr.common.constant import SubStatus
         from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
-        from flwr.supernode.runtime.run_clientapp import (
-            pull_task_input,
-            push_message,
-            push_task_output,
-        )
+        from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
+
+        from client.runtime_io import pull_task_input
 
         t0 = time.perf_counter()
         client = self._client(token)
@@ -196,9 +195,11 @@ class SiteRuntime:
         if reply.has_content():
             for rec in reply.content.metric_records.values():
                 work = float(rec.get("train_seconds", rec.get("eval_seconds", 0.0)) or 0.0)
+        # wait: until the SuperNode has the message's arrays from the coordinator (transport);
+        # overhead: message in hand -> work starts, and work ends -> reply handed to the SuperNode
         entry = {"time": time.time(), "type": message.metadata.message_type,
-                 "run": message.metadata.run_id, "pull": t1 - t0, "call": t2 - t1, "work": work,
-                 "push": t3 - t2, "overhead": (t3 - t0) - work, "error": reply.has_error(),
+                 "run": message.metadata.run_id, "wait": t1 - t0, "call": t2 - t1, "work": work,
+                 "push": t3 - t2, "overhead": (t3 - t1) - work, "error": reply.has_error(),
                  "rss_mib": _rss_mib()}
         if self.timing_log is not None:
             with open(self.timing_log, "a", encoding="utf-8") as fh:

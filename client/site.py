@@ -283,6 +283,11 @@ class _Memo:
 _SITES = _Memo(4)
 
 
+def clear_sites() -> None:
+    """Drop every warm site of this process (benchmarks running many federations in one)."""
+    _SITES.items.clear()
+
+
 def get_site(cfg: RunConfig, facts: SiteFacts) -> Site:
     """The process-wide memo of warm sites: prepared data, tokenised splits, model and tokenizer
     stay in memory across messages and rounds, keyed by the resolved config's hash, the site's
