@@ -56,16 +56,17 @@ class PrivacyLedger:
 
     def __init__(self, site_dir: str | Path, *, site: str, source: str, num_examples: int,
                  budget: float = 0.0, run_budget: float = 0.0, accountant: str = "rdp",
-                 max_delta: float | None = None, dataset: str = ""):
+                 max_delta: float | None = None, run_delta: float = 0.0, dataset: str = ""):
         """`budget`: the site's own lifetime cap (0 = none set); `run_budget`: the run's, used only
-        to fix the cap when a lineage is created at a site that set none."""
+        to fix the cap when a lineage is created at a site that set none. `run_delta` (the run's
+        privacy.delta, 0 = none) can only make a new lineage's delta SMALLER, never larger."""
         if accountant not in ACCOUNTANTS:
             raise ValueError(f"privacy.accountant = {accountant!r}: use rdp or prv")
         self.journal = Journal(site_dir)
         self.path = self.journal.path
         self.site, self.source, self.n, self.dataset = site, str(source), int(num_examples), dataset
         self._budget, self._run_budget = float(budget or 0.0), float(run_budget or 0.0)
-        self._accountant, self._max_delta = accountant, max_delta
+        self._accountant, self._max_delta, self._run_delta = accountant, max_delta, float(run_delta or 0)
         with self.journal.locked():
             pass  # load + verify now: a damaged ledger refuses before any work
 
@@ -84,7 +85,7 @@ class PrivacyLedger:
         this site and data file are the ones it is bound to."""
         j = self.journal
         if j.marker is None:
-            delta = min(default_delta(self.n), self._max_delta or 1.0)
+            delta = min(default_delta(self.n), self._max_delta or 1.0, self._run_delta or 1.0)
             imported = [{"file": old.name, "run": str(e["run"]), "round": int(e["round"]),
                          "noise_multiplier": float(e["noise_multiplier"]),
                          "sample_rate": float(e["sample_rate"]), "steps": int(e["steps"])}
@@ -154,6 +155,11 @@ class PrivacyLedger:
         run must ask for the same plan: the coordinator cannot stretch a run."""
         with self.locked():
             self._ensure()
+            if self._run_delta and self._run_delta < self.delta * (1 - 1e-9):
+                raise _refuse(f"run {run} asks for privacy.delta {self._run_delta:g}, below the delta "
+                              f"{self.delta:g} this site's ledger {self.path} accounts at (fixed when it "
+                              "was created): use privacy.delta=0, or the site resets its ledger",
+                              "refused: the run's privacy.delta is below the delta the site accounts at")
             plan = self._plan_of(run)
             if plan is not None:
                 asked = (sample_rate, steps_per_round, rounds, run_epsilon)

@@ -157,7 +157,8 @@ class Site:
                              num_examples=self.records(), budget=self.facts.privacy_budget,
                              run_budget=self.cfg.privacy.budget or self.cfg.privacy.epsilon,
                              accountant=self.cfg.privacy.accountant,
-                             max_delta=self.facts.max_delta or None, dataset=self.fingerprint)
+                             max_delta=self.facts.max_delta or None,
+                             run_delta=self.cfg.privacy.delta, dataset=self.fingerprint)
 
     def fit(self, state: dict[str, torch.Tensor], *, server_round: int, run: str = "local",
             progress: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, float]]:

@@ -103,9 +103,14 @@ def test_s4_delta_is_the_sites_not_the_coordinators(tmp_path, tiny_model_dir, si
     site = _site(chosen, site_csv, tmp_path / "s2", max_delta=1e-5)
     _, stats = site.fit(get_state(site.model, exclude=site.exclude), server_round=1, run="r")
     assert stats["delta"] == site.ledger().delta == pytest.approx(min(1e-5, 1 / (10 * site.records())))
-    default = _site(chosen, site_csv, tmp_path / "s3")
+    loose = _cfg(tiny_model_dir, "privacy.delta=0.01")  # below 1/n, above the site's 1/(10 n)
+    default = _site(loose, site_csv, tmp_path / "s3")
+    enforce_policy({}, loose, rows=default.records())
     default.fit(get_state(default.model, exclude=default.exclude), server_round=1, run="r")
-    assert default.ledger().delta == pytest.approx(1 / (10 * default.records()))
+    assert default.ledger().delta == pytest.approx(1 / (10 * default.records()))  # not 0.01
+    stricter = _site(_cfg(tiny_model_dir, "privacy.delta=1e-9"), site_csv, tmp_path / "s3")
+    with pytest.raises(PolicyViolation, match="below the delta"):  # cannot be met: refused
+        stricter.fit(get_state(stricter.model, exclude=stricter.exclude), server_round=1, run="r2")
 
 
 def test_s5_dp_randomness_is_not_predictable_from_the_seed(tmp_path, tiny_model_dir, site_csv,
