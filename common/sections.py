@@ -297,6 +297,10 @@ class OutputConfig:
     run_dir: str = ""  # where the coordinator writes the run directory; "" = runs/<timestamp>
     resume: bool = False  # continue the run in run-dir from its last checkpoint
     keep_checkpoints: int = 3  # checkpoints/round-N kept (the newest)
+    # MLflow tracking URI for params, per-round metrics and the final adapter; "local" = SQLite
+    # and artifacts under the run directory; "" = off. Needs `pip install 'fedtune[mlflow]'`.
+    mlflow: str = ""
+    tensorboard: bool = False  # TensorBoard event files in RUN/tensorboard ('fedtune[tensorboard]')
 
     def __post_init__(self) -> None:
         _check(self.keep_checkpoints >= 1, "output.keep-checkpoints", self.keep_checkpoints,

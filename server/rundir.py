@@ -21,6 +21,7 @@ from pathlib import Path
 from common.config import RunConfig
 from common.metrics import weighted_mean
 from server.strategy import RoundLog
+from server.tracking import Trackers, announce
 
 HEADLINE = ("accuracy", "macro_f1", "loss", "mae", "rmse")
 
@@ -50,6 +51,8 @@ class RunDir:
         self.t0 = time.time()
         self.history: list[dict] = []
         atomic_write(self.path / "config.toml", f"# config hash {cfg.hash()}\n" + cfg.to_toml())
+        announce(self.path)  # the coordinator's status page and /metrics find it
+        self.trackers = Trackers(cfg, self.path)  # output.mlflow / output.tensorboard
 
     def record_round(self, log: RoundLog) -> dict:
         """Append one round to metrics.jsonl / metrics.csv and return the row."""
@@ -71,6 +74,7 @@ class RunDir:
         atomic_write(self.path / "metrics.jsonl",
                      "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.history))
         self._write_csv()
+        self.trackers.log_round(row)
         return row
 
     def _write_csv(self) -> None:
@@ -102,6 +106,7 @@ class RunDir:
             **extra,
         }
         atomic_write(self.path / "summary.json", json.dumps(summary, indent=1, sort_keys=True))
+        self.trackers.finish(summary)  # after adapter/ and summary.json: logged as artifacts
         return summary
 
     def privacy_summary(self) -> dict[str, dict[str, float]]:
