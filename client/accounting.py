@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from client.policy import PolicyViolation
-from common.errors import PrivacyBudgetExceeded
+from common.errors import PrivacyBudgetExceeded, reason
 
 ACCOUNTANTS = ("rdp", "prv")
 MAX_NOISE = 16.0  # beyond this a step carries almost no signal: refuse instead of training on noise
@@ -67,7 +67,7 @@ def server_round_of(value: Any, rounds: int) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= int(value) <= rounds:
         raise PolicyViolation(f"server-round = {value!r} is not an integer in 1..{rounds} "
                               "(federation.rounds): the message is refused",
-                              public="refused: the message's server-round is not a round of this run")
+                              public=reason("refused: the message's server-round is not a round of this run"))
     return int(value)
 
 

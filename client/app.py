@@ -52,7 +52,7 @@ def train(msg: Message, context: Context) -> Message:
     cfg, site = _load(context)
     if cfg.privacy.secure_aggregation or is_legacy(msg):  # SecAgg+: client/secagg.py
         return handle_legacy_train(msg, context, site, cfg)
-    policy = enforce_policy(context.node_config, cfg, rows=len(site.splits["train"]))
+    policy = enforce_policy(context.node_config, cfg, rows=site.records())
     state = msg.content["arrays"].to_torch_state_dict()
     new_state, stats = site.fit(state, server_round=server_round(msg.content["config"]),
                                 run=str(context.run_id))
@@ -65,12 +65,12 @@ def evaluate(msg: Message, context: Context) -> Message:
     cfg, site = _load(context)
     if is_legacy(msg):  # SecAgg+ runs evaluate in the legacy format: client/secagg.py
         return handle_legacy_evaluate(msg, context, site, cfg)
-    policy = enforce_policy(context.node_config, cfg, rows=len(site.splits["train"]))
-    rnd = server_round(msg.content["config"])
+    policy = enforce_policy(context.node_config, cfg, rows=site.records())
+    rnd, run = server_round(msg.content["config"]), str(context.run_id)
     state = msg.content["arrays"].to_torch_state_dict()
-    metrics = site.evaluate(state, split="test")
+    metrics = site.evaluate(state, split="test", run=run, server_round=rnd)  # limited under DP
     metrics.update(final_audit(site, cfg, rnd))
     if cfg.federation.early_stopping_patience:  # the coordinator stops on validation, never test
-        val = site.evaluate(state, split="val")
+        val = site.evaluate(state, split="val", run=run, server_round=rnd)
         metrics.update({f"val_{k}": v for k, v in val.items() if k in VAL_METRICS})
     return _reply(msg, site, metrics=_metrics(metrics, EVAL_METRICS, policy))

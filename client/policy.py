@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config import TASKS, RunConfig
-from common.errors import REFUSED, ConfigError, FedtuneError
+from common.errors import REFUSED, ConfigError, FedtuneError, reason
 
 from client.policy_rules import privacy_rules
 
@@ -278,7 +278,7 @@ def check_policy(policy: SitePolicy, cfg: RunConfig, *, base_fingerprint: str,
     problems += [text for text, _ in rules]
     if problems:
         # only privacy rules broken: the first one's fixed reason crosses the wire
-        public = rules[0][1] if rules and len(rules) == len(problems) else None
+        public = reason(rules[0][1]) if rules and len(rules) == len(problems) else None
         raise PolicyViolation(f"{who} refuses this run ({src}): " + "; ".join(problems), public=public)
 
 

@@ -24,7 +24,7 @@ from client.accounting import (ACCOUNTANTS, calibrate_noise, compute_epsilon, de
                                secure_rng, secure_seed, server_round_of)
 from client.ledger import Journal, LedgerCorrupt
 from client.policy import PolicyViolation
-from common.errors import PrivacyBudgetExceeded
+from common.errors import PrivacyBudgetExceeded, reason
 
 TOL = 1e-6
 
@@ -46,7 +46,7 @@ class Plan:
 
 
 def _refuse(text: str, public: str) -> PolicyViolation:
-    return PolicyViolation(text, public=public)
+    return PolicyViolation(text, public=reason(public))
 
 
 class PrivacyLedger:
@@ -208,7 +208,7 @@ class PrivacyLedger:
                 raise PrivacyBudgetExceeded(
                     f"round refused: run {run} would add epsilon {after - before:.3f}, more than its planned "
                     f"{plan.run_epsilon:.3f} (ledger {self.path})",
-                    public="refused: the round would pass the run's planned epsilon at this site")
+                    public=reason("refused: the round would pass the run's planned epsilon at this site"))
             return after
 
     def record(self, run: str, server_round: int) -> float:

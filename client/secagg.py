@@ -172,7 +172,7 @@ def handle_legacy_train(msg: Message, context: Context, site: Site, cfg: RunConf
                               "(server/secagg.py) and secagg_mod in the ClientApp",
                               public=PLAINTEXT_REFUSED)
     fitins = compat.recorddict_to_fitins(msg.content, keep_input=True)
-    policy = enforce_policy(context.node_config, cfg, rows=len(site.splits["train"]))
+    policy = enforce_policy(context.node_config, cfg, rows=site.records())
     new_state, stats = site.fit(_state(fitins.parameters, site),
                                 server_round=server_round(fitins.config), run=str(context.run_id))
     num_examples = int(stats["num_examples"])
@@ -188,9 +188,10 @@ def handle_legacy_train(msg: Message, context: Context, site: Site, cfg: RunConf
 def handle_legacy_evaluate(msg: Message, context: Context, site: Site, cfg: RunConfig) -> Message:
     """Legacy EvaluateIns in, site.evaluate on the test split, legacy EvaluateRes out."""
     ins = compat.recorddict_to_evaluateins(msg.content, keep_input=True)
-    policy = enforce_policy(context.node_config, cfg, rows=len(site.splits["train"]))
+    policy = enforce_policy(context.node_config, cfg, rows=site.records())
     rnd = server_round(ins.config)
-    metrics = site.evaluate(_state(ins.parameters, site), split="test")
+    metrics = site.evaluate(_state(ins.parameters, site), split="test", run=str(context.run_id),
+                            server_round=rnd)
     metrics.update(final_audit(site, cfg, rnd))
     num_examples = int(metrics.pop("num_examples"))
     shared = {k: float(v) for k, v in metrics.items() if k in ALLOWED_METRICS}

@@ -34,9 +34,13 @@ from common.adapter import FFA_FROZEN, get_state, set_state
 from common.config import RunConfig
 from common.data import prepare_site
 from common.device import Accel, accel_for, place
-from common.errors import ConfigError
+from common.errors import ConfigError, reason
 from common.metrics import softmax, tune_threshold
 from common.model import build_model
+
+
+LABELS_INLINE = reason("task.labels must list the label names inline: a site never reads a file "
+                       "the run config names (`fedtune run` inlines task.labels=@file)")
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,9 @@ def site_facts(node_config: dict, cfg: RunConfig) -> SiteFacts:
     """Deployment: node config names `data-path` and `site-dir`. Simulation: the partition id
     picks `<run_dir>/sites/site-<id>/data.csv`, written by `fedtune simulate`."""
     if "data-path" in node_config:
+        if cfg.task.labels.startswith("@"):  # a path chosen by the coordinator: never followed
+            raise ConfigError(f"task.labels = {cfg.task.labels!r} names a file; a deployed site "
+                              "takes the label space only inline", public=LABELS_INLINE)
         data_path = str(node_config["data-path"])
         site_dir = str(node_config.get("site-dir") or Path(data_path).parent / ".fedtune")
         index = int(node_config.get("site-index", 0))

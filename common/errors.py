@@ -4,7 +4,7 @@ Two audiences. The full message (file, row, column, value, fix) is for the perso
 it goes to the terminal or the site's own log. What crosses the network from a site is only
 `wire(err)`: a numeric code and a FIXED, value-free reason (which rule, which fix) — never a data
 value, a path, a column list or a row count. An error that knows a more precise fixed reason
-passes it as `public=`: a module-level constant made with `reason("...")`, which registers it.
+passes it as `public=reason("...")` (a literal), which registers it.
 The site's outbound guard lets an error leave only with a registered reason."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ _REASONS: set[str] = set()
 
 
 def reason(text: str) -> str:
-    """Register a fixed, value-free reason a site may send (call at module level, never with
-    a formatted string) and return it."""
+    """Register a fixed, value-free reason a site may send and return it. Call it with a string
+    LITERAL only (at module level or at the raise), never with a formatted string."""
     _REASONS.add(text)
     return text
 
