@@ -30,7 +30,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     else:
         cfg = resolve(args.config, args.set)
         out = Path(args.out or f"runs/sim-{time.strftime('%Y%m%d-%H%M%S')}")
-    summary = simulate(cfg, out=out, quiet=args.quiet)
+    from fedtune.status.server import options
+
+    summary = simulate(cfg, out=out, quiet=args.quiet, status=options(args))
     keys = [k for k in ("accuracy", "macro_f1", "rmse", "rounds", "wall_s") if k in summary]
     print(json.dumps({k: summary[k] for k in keys}))
     return 0
@@ -74,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--quiet", action="store_true", help="print only the final summary")
     sim.add_argument("--resume", metavar="RUN_DIR",
                      help="continue a crashed or stopped run from its last checkpoint")
+    from fedtune.status.server import add_args as add_status_args
+
+    add_status_args(sim, default_port=8750)
     sim.set_defaults(func=cmd_simulate)
     led = sub.add_parser("ledger", help="print (or explicitly reset) a site's privacy ledger")
     led.add_argument("action", nargs="?", default="show", choices=["show", "reset"],

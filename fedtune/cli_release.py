@@ -47,6 +47,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from fedtune.report import write_report
 
+    if args.serve:
+        from fedtune.status.server import options, serve_run
+
+        return serve_run(Path(args.run_dir), options(args))
     bench = [Path(b) for b in args.bench] if args.bench else None
     path, n_plots = write_report(args.run_dir, out=args.out, bench_dirs=bench)
     print(f"report: wrote {path} ({n_plots} plots, self-contained)")
@@ -123,6 +127,11 @@ def register(subparsers) -> None:
     p.add_argument("--out", help="HTML file (default RUN_DIR/report.html)")
     p.add_argument("--bench", action="append", metavar="DIR",
                    help="folder of bench result JSON with a `baselines` key (default RUN_DIR/bench/results)")
+    p.add_argument("--serve", action="store_true", help="serve the run's live status page instead "
+                   "(works during and after a run; read-only)")
+    from fedtune.status.server import add_args as add_status_args
+
+    add_status_args(p, default_port=8750, what="the status page (--serve)", off_switch=False)
     p.set_defaults(func=cmd_report)
 
     p = subparsers.add_parser("audit", help="membership-inference audit per simulated site")

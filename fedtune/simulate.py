@@ -89,9 +89,13 @@ def resume_config(run_dir: Path, *, config_file: str | None, sets: list[str]) ->
                                                                   run_dir=str(run_dir)))
 
 
-def simulate(cfg: RunConfig, *, out: Path, quiet: bool = False) -> dict:
+def simulate(cfg: RunConfig, *, out: Path, quiet: bool = False, status: dict | None = None) -> dict:
     """Run the whole federation on this machine; returns summary.json's content.
-    With cfg.output.resume the sites and splits of the earlier run are reused as they are."""
+    With cfg.output.resume the sites and splits of the earlier run are reused as they are.
+    `status`: StatusServer options for the live status page (fedtune/status; None = none)."""
+    from server.tracking import require
+
+    require(cfg)  # a tracker asked for without its extra fails before any process starts
     out = out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     flower.kill_by_marker(str(out / ".flwr"))  # leftovers of a crashed run in this directory
@@ -117,6 +121,7 @@ def simulate(cfg: RunConfig, *, out: Path, quiet: bool = False) -> dict:
          "--host", "127.0.0.1", "--port", str(port),
          "--disable-runtime-dependency-installation"], env=env, log=log)
     procs = [superlink]
+    page = _status_page(out, status, quiet)
     try:
         flower.wait_http(f"http://127.0.0.1:{port}/health", proc=superlink, log=log)
         cpus = max(1, (os.cpu_count() or 1) // cfg.simulation.concurrency)
@@ -137,11 +142,26 @@ def simulate(cfg: RunConfig, *, out: Path, quiet: bool = False) -> dict:
     finally:
         flower.reap(procs)
         flower.kill_by_marker(str(flwr_home))
+        if page is not None:
+            page.stop()
     summary_path = out / "summary.json"
     if not summary_path.is_file():
         raise FedtuneError(f"the federation ended without a summary: {_cause(out / 'log.txt')} "
                            f"(full log: {out / 'log.txt'}; SuperLink log: {log})")
     return json.loads(summary_path.read_text(encoding="utf-8"))
+
+
+def _status_page(out: Path, options: dict | None, quiet: bool):
+    """The live status page (+ /metrics) of this run, read from its run directory."""
+    if options is None:
+        return None
+    from fedtune.status.prom import runs_metrics
+    from fedtune.status.server import StatusServer
+
+    runs = lambda: {out.name: out}  # noqa: E731
+    page = StatusServer(runs=runs, metrics=runs_metrics(runs), **options).start()
+    _say(f"fedtune simulate: status page {page.url}{page.note} (metrics {page.url}metrics)", quiet)
+    return page
 
 
 def _cause(log: Path) -> str:

@@ -1,0 +1,199 @@
+"""The live status page in headless Chromium: on a running 2-site tiny simulation (new rounds
+appear without a reload, the page ends as "finished") and on the finished run served by
+`fedtune report --serve`; the trackers of the same run hold what metrics.jsonl says."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from common.errors import ConfigError
+from fedtune.status.model import run_status
+from fedtune.status.server import StatusServer
+from tests import chromium
+from tests.conftest import make_texts
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+NO_CHROMIUM = "chromium is not installed: `apt-get install chromium` (bash run.sh setup does it as root)"
+ROWS = "[...document.querySelectorAll('#rounds tr[data-round]')].map(r => +r.dataset.round)"
+
+
+def _env() -> dict:
+    return dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+                PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
+
+
+def _url(log: Path, proc: subprocess.Popen, pattern: str, timeout: float = 180) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = re.search(pattern, log.read_text(errors="replace"))
+        if found:
+            return found.group(1)
+        if proc.poll() is not None:
+            break
+        time.sleep(0.3)
+    raise AssertionError(f"no status page URL in the output:\n{log.read_text(errors='replace')[-3000:]}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory, tiny_model_dir):
+    if chromium.find() is None:
+        pytest.skip(NO_CHROMIUM)
+    import pandas as pd
+
+    tmp = tmp_path_factory.mktemp("status")
+    texts, labels = make_texts(240, 4)
+    pd.DataFrame({"text": texts, "label": labels}).to_csv(tmp / "pooled.csv", index=False)
+    out, log = tmp / "run", tmp / "simulate.out"
+    cmd = [sys.executable, "-m", "fedtune.cli", "simulate", "--out", str(out), "--status-port", "0"]
+    for s in [f"model.base={tiny_model_dir}", f"simulation.data={tmp / 'pooled.csv'}", "simulation.sites=2",
+              "simulation.partition=iid", "federation.rounds=3", "model.max-length=32",
+              "privacy.dp=true", "privacy.epsilon=2", "privacy.budget=10", "train.learning-rate=0.01",
+              "output.mlflow=local", "output.tensorboard=true"]:
+        cmd += ["--set", s]
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=fh, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    browser = None
+    try:
+        url = _url(log, proc, r"status page (http://127\.0\.0\.1:\d+/)")
+        browser = chromium.Browser()
+        browser.open(url)
+        yield {"proc": proc, "url": url, "browser": browser, "out": out, "log": log, "tmp": tmp}
+    finally:
+        if browser is not None:
+            browser.close()
+        _stop(proc)
+
+
+def test_new_rounds_appear_without_a_reload(live):
+    b = live["browser"]
+    b.wait("document.body.dataset.state", 60)  # the page rendered once, before any round
+    b.eval("window.__loaded_once = 'yes'")  # a reload would drop it
+    seen = []
+    while len(seen) < 3:
+        rounds = b.wait(f"{ROWS}.length > {len(seen)} && {ROWS}", 600)
+        assert rounds[:len(seen)] == seen and len(rounds) > len(seen), rounds
+        assert b.eval("window.__loaded_once") == "yes", "the page was reloaded"
+        if not seen:
+            shot = b.screenshot(live["tmp"] / "status-live.png")
+            assert shot.stat().st_size > 20_000
+        seen = rounds
+    assert seen == [1, 2, 3]
+    assert live["proc"].wait(timeout=600) == 0, live["log"].read_text()[-3000:]
+    b.wait("document.body.dataset.state === 'finished'", 30)
+    assert b.eval("window.__loaded_once") == "yes"
+    target = os.environ.get("FEDTUNE_STATUS_SCREENSHOT")  # docs/status.png is made this way
+    b.screenshot(Path(target) if target else live["tmp"] / "status-finished.png")
+
+
+def test_page_shows_what_the_round_record_says(live):
+    assert live["proc"].wait(timeout=600) == 0
+    b, out = live["browser"], live["out"]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    b.wait("document.body.dataset.state === 'finished'", 30)
+    assert b.eval(ROWS) == [r["round"] for r in rows]
+    sites = b.eval("[...document.querySelectorAll('#sites tr[data-site]')].map(r => "
+                   "[...r.children].map(td => td.textContent))")
+    assert [s[0] for s in sites] == ["site-0", "site-1"]
+    header = b.eval("[...document.querySelectorAll('#sites th')].map(th => th.textContent)")
+    for cells in sites:
+        eps = rows[-1]["per_site"][cells[0]]["train"]["epsilon"]
+        assert float(cells[header.index("ε spent")]) == pytest.approx(eps, rel=1e-3)
+        assert float(cells[header.index("ε budget")]) == pytest.approx(10.0)
+        assert cells[header.index("budget used")].strip().endswith("%")
+    text = b.eval("document.body.innerText")
+    assert "round 3 of 3" in text and "DP-SGD at every site" in text
+    assert b.eval("document.querySelectorAll('#plots svg polyline').length") >= 3  # inline SVG plots
+    assert b.eval("[...document.scripts].every(s => s.src.startsWith(location.origin))")  # no CDN
+
+
+def test_trackers_follow_the_live_run(live):
+    from mlflow.tracking import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    assert live["proc"].wait(timeout=600) == 0
+    out = live["out"]
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    ids = json.loads((out / "mlflow-run.json").read_text())
+    client = MlflowClient(tracking_uri=ids["tracking_uri"])
+    acc = sorted(client.get_metric_history(ids["run_id"], "evaluate/accuracy"), key=lambda m: m.step)
+    assert [(m.step, m.value) for m in acc] == [(r["round"], pytest.approx(r["evaluate"]["accuracy"]))
+                                                for r in rows]
+    eps = sorted(client.get_metric_history(ids["run_id"], "site/site-0/epsilon"), key=lambda m: m.step)
+    assert [m.value for m in eps] == pytest.approx([r["per_site"]["site-0"]["train"]["epsilon"] for r in rows])
+    assert {a.path for a in client.list_artifacts(ids["run_id"], "adapter")} >= {
+        "adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/labels.json"}
+    assert client.get_run(ids["run_id"]).data.params["privacy.dp"] == "True"
+    ea = EventAccumulator(str(out / "tensorboard"))
+    ea.Reload()
+    assert [e.step for e in ea.Scalars("site/site-1/epsilon")] == [1, 2, 3]
+
+
+def test_finished_run_served_by_report(live):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert live["proc"].wait(timeout=600) == 0
+    out, tmp = live["out"], live["tmp"]
+    log = tmp / "serve.out"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "fedtune.cli", "report", "--serve", str(out),
+                                 "--status-port", "0"], cwd=ROOT, env=_env(), stdout=fh,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    b = chromium.Browser()
+    try:
+        url = _url(log, proc, r"status page of .*: (http://127\.0\.0\.1:\d+/)", timeout=60)
+        b.open(url)
+        b.wait("document.body.dataset.state === 'finished'", 60)
+        assert b.eval(ROWS) == [1, 2, 3]
+        b.screenshot(tmp / "status-report.png")
+        with urllib.request.urlopen(url + "api/status") as resp:
+            served = json.loads(resp.read())
+        assert served["rounds"] == json.loads(json.dumps(run_status(out)))["rounds"]
+        req = urllib.request.Request(url + "api/status", data=b"{}", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(req)
+        assert err.value.code == 405  # read-only
+        with urllib.request.urlopen(url + "metrics") as resp:
+            families = {f.name: f for f in text_string_to_metric_families(resp.read().decode())}
+        assert families["fedtune_rounds_completed"].samples[0].value == 3
+    finally:
+        b.close()
+        _stop(proc)
+    assert proc.returncode in (0, 143, -15)
+
+
+def test_network_bind_needs_a_token_or_tls(tmp_path):
+    with pytest.raises(ConfigError, match="token"):
+        StatusServer(runs=dict, host="0.0.0.0")
+    page = StatusServer(runs=lambda: {}, token="x" * 24).start()  # loopback, token required anyway
+    try:
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(page.url + "api/runs")
+        assert err.value.code == 401
+        req = urllib.request.Request(page.url + "api/runs", headers={"Authorization": "Bearer " + "x" * 24})
+        with urllib.request.urlopen(req) as resp:
+            assert json.loads(resp.read()) == []
+    finally:
+        page.stop()
