@@ -101,9 +101,10 @@ class SiteRuntime:
 
     def __init__(self, *, address: str, installed: Installed, secret: bytes | None = None,
                  timing_log: Path | None = None, app: Callable | None = None,
-                 poll_seconds: float = 0.1):
+                 poll_seconds: float = 0.1, metrics=None):
         self.address, self.installed, self.secret = address, installed, secret
         self.timing_log, self.poll = timing_log, poll_seconds
+        self.metrics = metrics  # optional: .observe(type, error_code=...) per task (fedtune/status/prom.py)
         self.app = app or _local_app()
 
     def _client(self, token: str | None = None):
@@ -165,11 +166,16 @@ class SiteRuntime:
             t1 = time.perf_counter()
             reply = self._run(message, context, run, fab)
             t2 = time.perf_counter()
+            if self.metrics is not None:
+                self.metrics.observe(message.metadata.message_type,
+                                     error_code=reply.error.code if reply.has_error() else None)
             push_message(client, reply, context)
             status = SubStatus.COMPLETED
             return self._timing(message, reply, t0, t1, t2, time.perf_counter())
         except Exception as err:  # noqa: BLE001 - pulling/pushing failed: the task expires
             log.error("runtime: task failed outside the ClientApp: %s: %s", type(err).__name__, err)
+            if self.metrics is not None:
+                self.metrics.observe("unknown", error_code="task")
             return None
         finally:
             push_task_output(client, context=context, sub_status=status, details="")

@@ -32,9 +32,11 @@ def cmd_certs(args: argparse.Namespace) -> int:
 
 def cmd_coordinator_start(args: argparse.Namespace) -> int:
     from fedtune.ops.coordinator import start
+    from fedtune.status.server import options
 
     return start(certs=Path(args.certs) if args.certs else None, host=args.host, port=args.port,
-                 state=Path(args.state), insecure=args.insecure, internal_port=args.internal_port)
+                 state=Path(args.state), insecure=args.insecure, internal_port=args.internal_port,
+                 status=options(args))
 
 
 def cmd_coordinator_enroll(args: argparse.Namespace) -> int:
@@ -59,12 +61,13 @@ def cmd_site_keygen(args: argparse.Namespace) -> int:
 
 def cmd_site_start(args: argparse.Namespace) -> int:
     from fedtune.ops.site import start
+    from fedtune.status.server import options
 
     return start(coordinator=args.coordinator, ca=Path(args.ca) if args.ca else None,
                  key=Path(args.key) if args.key else None, data=Path(args.data),
                  site_dir=Path(args.site_dir), name=args.name, port=args.port,
                  policy=Path(args.policy) if args.policy else None, insecure=args.insecure,
-                 index=args.index)
+                 index=args.index, metrics=options(args, name="metrics"))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -115,6 +118,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="NO TLS and NO node auth (local demo only; loopback --host only)")
     p.add_argument("--internal-port", type=int, default=0, help="loopback port of the SuperLink "
                    "behind nginx (default: a free one); never publish it")
+    from fedtune.status.server import add_args as add_status_args
+
+    add_status_args(p, default_port=9464, what="the status page and Prometheus /metrics of its runs")
     p.set_defaults(func=cmd_coordinator_start)
     p = csub.add_parser("enroll", help="allow a site's public key to connect")
     p.add_argument("--certs", help="the coordinator folder (for ca.crt and sites/<name>.pub)")
@@ -144,6 +150,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--index", type=int, help="site number for local seeding (default: from the name)")
     p.add_argument("--insecure", action="store_true",
                    help="NO TLS, NO auth (local demo only; loopback --coordinator only)")
+    add_status_args(p, name="metrics", default_port=9465,
+                    what="this site's Prometheus /metrics (counters and epsilon only)")
     p.set_defaults(func=cmd_site_start)
     p = ssub.add_parser("keygen", help="make this site's node-authentication key pair (at the site)")
     p.add_argument("--name", required=True, help="this site's name")

@@ -28,6 +28,7 @@ from fedtune.ops import (
 )
 from fedtune.ops.certs import cert_sans
 from server.identity import REGISTRY_ENV, REGISTRY_FILE
+from server.tracking import RUNS_INDEX_ENV
 
 DEFAULT_PORT = 9443
 
@@ -89,8 +90,9 @@ def registry_path(state: Path) -> Path:
 
 def start(*, certs: Path | None, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
           state: Path = Path("coordinator/state.db"), insecure: bool = False,
-          internal_port: int = 0) -> int:
-    """Run the coordinator until SIGTERM/SIGINT; returns the exit code.
+          internal_port: int = 0, status: dict | None = None) -> int:
+    """Run the coordinator until SIGTERM/SIGINT; returns the exit code. `status`: options of
+    the status page + /metrics of its runs (fedtune/status; None = not served).
 
     TLS mode: nginx on host:port (Fleet only) and 127.0.0.1:port (Fleet + Control, for the
     operator), the SuperLink on 127.0.0.1:internal_port (0 = a free port); fedtune/ops/proxy.py."""
@@ -110,6 +112,7 @@ def start(*, certs: Path | None, host: str = "127.0.0.1", port: int = DEFAULT_PO
     workdir = state.parent
     workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
     env, marker = ops_env(workdir / "flwr-home")
+    env[RUNS_INDEX_ENV] = str(workdir / "runs.index")  # each ServerApp lists its run directory
     front = None
     if files is None:
         cmd = superlink_command(files=None, host=host, port=port, state=state)
@@ -140,12 +143,15 @@ def start(*, certs: Path | None, host: str = "127.0.0.1", port: int = DEFAULT_PO
             time.sleep(0.3)
 
     print(f"fedtune: starting coordinator: {' '.join(cmd)}", flush=True)
+    page = _status_page(workdir, state, status)
     try:
         code, last = run_foreground(cmd, env=env, log=workdir / "coordinator.log", marker=marker,
                                     cwd=workdir, watch=_announce)
     finally:
         if front is not None:
             flower.reap([front])
+        if page is not None:
+            page.stop()
     if code:
         text = "\n".join(last[-15:])
         hint = ""
@@ -154,6 +160,35 @@ def start(*, certs: Path | None, host: str = "127.0.0.1", port: int = DEFAULT_PO
         raise FedtuneError(f"the coordinator (flower-superlink) exited with code {code}.{hint} "
                            f"Last lines (full log {workdir / 'coordinator.log'}):\n{text}")
     return 0
+
+
+def runs_under(workdir: Path) -> dict[str, Path]:
+    """The coordinator's runs, oldest first ({name: run directory}), from the index its
+    ServerApps append to (server/tracking.py `announce`)."""
+    try:
+        lines = (workdir / "runs.index").read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return {}
+    out: dict[str, Path] = {}
+    for path in dict.fromkeys(Path(p) for p in lines if p.strip()):
+        name = path.name if path.name not in out else f"{path.parent.name}/{path.name}"
+        out[name] = path
+    return out
+
+
+def _status_page(workdir: Path, state: Path, options: dict | None):
+    """Status page + Prometheus /metrics of this coordinator's runs, in a thread of this process:
+    the ServerApp runs in a process per run, the round records outlive it (fedtune/status/prom.py)."""
+    if options is None:
+        return None
+    from fedtune.status.prom import runs_metrics
+    from fedtune.status.server import StatusServer
+
+    runs = lambda: runs_under(workdir)  # noqa: E731
+    page = StatusServer(runs=runs, metrics=runs_metrics(runs, state_db=state), **options).start()
+    print(f"coordinator status page {page.url}{page.note}; Prometheus metrics {page.url}metrics",
+          flush=True)
+    return page
 
 
 def _nginx(files: CoordinatorFiles, *, host: str, port: int, internal: int, workdir: Path,

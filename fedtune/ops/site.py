@@ -65,7 +65,7 @@ def _default_index(name: str) -> int:
 
 def start(*, coordinator: str, ca: Path | None, key: Path | None, data: Path, site_dir: Path,
           name: str, port: int = DEFAULT_PORT, policy: Path | None = None, insecure: bool = False,
-          index: int | None = None) -> int:
+          index: int | None = None, metrics: dict | None = None) -> int:
     """Run this site's SuperNode until SIGTERM/SIGINT (or until the coordinator refuses it)."""
     host, cport = split_address(coordinator)
     if not SITE_NAME.match(name):
@@ -117,7 +117,8 @@ def start(*, coordinator: str, ca: Path | None, key: Path | None, data: Path, si
 
     stop = threading.Event()
     runtime = start_runtime(port=port, secret=secret, site_dir=site_dir, stop=stop,
-                            pinned=load_policy(policy).app_sha256 if policy else ())
+                            pinned=load_policy(policy).app_sha256 if policy else (),
+                            metrics=metrics)
     try:
         code, last = run_foreground(cmd, env=env, log=site_dir / "site.log", marker=marker,
                                     cwd=site_dir, on_line=_announce)
@@ -141,10 +142,13 @@ def _new_secret(path: Path) -> bytes:
 
 
 def start_runtime(*, port: int, secret: bytes, site_dir: Path, stop: threading.Event,
-                  pinned: tuple[str, ...] = ()) -> threading.Thread:
+                  pinned: tuple[str, ...] = (), metrics: dict | None = None) -> threading.Thread:
     """The site runtime (client/runtime.py) in a thread of this process: it serves the
-    SuperNode's tasks with the fedtune installed here, never the coordinator's bundle."""
+    SuperNode's tasks with the fedtune installed here, never the coordinator's bundle.
+    `metrics`: options of the site's Prometheus /metrics (counters and epsilon; None = off),
+    served until `stop` is set."""
     from client.runtime import Installed, SiteRuntime
+    from fedtune.status.prom import SiteMetrics
 
     handler = logging.FileHandler(site_dir / "runtime.log", encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -152,8 +156,16 @@ def start_runtime(*, port: int, secret: bytes, site_dir: Path, stop: threading.E
     site_log.addHandler(handler)
     site_log.setLevel(logging.INFO)
     installed = Installed.here(pinned)
+    counters = SiteMetrics(site_dir) if metrics is not None else None
     runtime = SiteRuntime(address=f"127.0.0.1:{port}", installed=installed, secret=secret,
-                          timing_log=site_dir / "runtime-timing.jsonl")
+                          timing_log=site_dir / "runtime-timing.jsonl", metrics=counters)
+    if counters is not None:
+        from fedtune.status.server import StatusServer
+
+        endpoint = StatusServer(metrics=counters.exposition, what="site metrics", **metrics).start()
+        print(f"site metrics (Prometheus): {endpoint.url}metrics{endpoint.note}", flush=True)
+        threading.Thread(target=lambda: (stop.wait(), endpoint.stop()), daemon=True,
+                         name="fedtune-site-metrics-stop").start()
     thread = threading.Thread(target=runtime.serve, args=(stop,), name="fedtune-site-runtime",
                               daemon=True)
     thread.start()
