@@ -67,11 +67,15 @@ def run(grid: Grid, cfg: RunConfig) -> dict:
                           exclude=exclude, labels=labels, base_sha=base_sha)
     fed = cfg.federation
     num_sites = max(fed.min_sites, cfg.simulation.sites)
+    identity = SiteIdentity.from_env()
+    if identity.registry is not None:
+        _say(f"fedtune: sites named by node id from the coordinator's registry {identity.path} "
+             f"({len(identity.registry)} enrolled); names claimed in replies are ignored")
     strategy = Recorded(build_aggregator(cfg, num_sites=num_sites),
                         evaluate_every=fed.evaluate_every, num_rounds=fed.rounds,
                         min_sites=fed.min_sites, max_norm_factor=fed.max_norm_factor,
                         max_examples=fed.max_examples, max_update_norm=fed.max_update_norm,
-                        weighting=fed.weighting, identity=SiteIdentity.from_env())
+                        weighting=fed.weighting, identity=identity)
     # Compressed updates are decoded before anything else looks at them (validation included).
     outer = Decompressing(strategy) if cfg.compression.mode != "none" else strategy
     stopper = EarlyStopping(patience=fed.early_stopping_patience,

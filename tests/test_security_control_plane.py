@@ -84,7 +84,8 @@ def _flwr(coord, address: str, *args: str, home: str) -> subprocess.CompletedPro
 
 @pytest.mark.parametrize("path", ["/v1/control/list-runs", "/v1/control/stop-run",
                                   "/v1/control/start-run", "/v1/control/register-node",
-                                  "/v1/runtime/acquire-task", "/docs", "/fedtune/coordinator.json"])
+                                  "/v1/runtime/acquire-task", "/docs", "/fedtune/coordinator.json",
+                                  "/v1/fleet/../control/list-runs", "/v1/fleet/%2e%2e/control/list-runs"])
 def test_public_address_answers_404_outside_fleet(coord, path):
     ca = coord.tmp / "certs/site-a/ca.crt"
     assert _https(f"https://{coord.public}{path}", ca) == 404
@@ -112,19 +113,30 @@ def test_mallory_cannot_register_list_stop_or_submit(coord):
     assert sub.returncode != 0 and not (coord.tmp / "stolen").exists()
 
 
-def test_operator_enrolls_and_lists_through_loopback_and_site_connects_publicly(coord):
+def test_operator_enrolls_lists_and_runs_through_loopback(coord):
+    """Enrolled as 'alpha' (the registry's name); the site itself claims to be 'a'. A real 1-round
+    run through the operator's loopback path: the run records 'alpha', the claim is only logged."""
     loop = f"127.0.0.1:{coord.port}"
     enrolled = coord.cli("coordinator", "enroll", "--certs", str(coord.tmp / "certs/coordinator"),
-                         "--site", "a", "--max-examples", "500", "--coordinator", loop)
-    assert enrolled.returncode == 0 and "enrolled site 'a'" in enrolled.stdout, enrolled.stderr
+                         "--public-key", str(coord.tmp / "keys-a/a.pub"), "--site", "alpha",
+                         "--max-examples", "500", "--coordinator", loop)
+    assert enrolled.returncode == 0 and "enrolled site 'alpha'" in enrolled.stdout, enrolled.stderr
     sites = json.loads((coord.tmp / "coord/sites.json").read_text())["sites"]
-    assert [(s["name"], s["max_examples"]) for s in sites] == [("a", 500)]
+    assert [(s["name"], s["max_examples"]) for s in sites] == [("alpha", 500)]
     listed = _flwr(coord, loop, "ls", "fedtune", "--format", "json", home="op")
-    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert json.loads(listed.stdout)["success"] is True, listed.stdout + listed.stderr
     coord.spawn("site-a", "site", "start", "--coordinator", coord.public,
                 "--ca", str(coord.tmp / "certs/site-a/ca.crt"), "--key", str(coord.tmp / "keys-a/a.key"),
                 "--data", str(coord.tmp / "data-a.csv"), "--site-dir", str(coord.tmp / "site-a"),
                 "--name", "a", "--port", str(free_port()))
-    coord.wait_for("site-a", "site a connected to coordinator", 90)
-    node = str(sites[0]["node_id"])
-    assert node in coord.output("site-a")  # the node id the registry names 'a'
+    coord.wait_for("site-a", "site a connected to coordinator", 90)  # Fleet via the public address
+    assert str(sites[0]["node_id"]) in coord.output("site-a")
+    out = coord.tmp / "run"
+    run = coord.cli("run", "--coordinator", loop, "--ca", str(coord.tmp / "certs/site-a/ca.crt"),
+                    "--out", str(out), "--set", f"model.base={coord.tiny}", "--set", "federation.rounds=1",
+                    "--set", "federation.min-sites=1", "--set", "task.labels=intent_0,intent_1,intent_2,intent_3",
+                    "--set", "model.max-length=32", "--set", "train.threads=1", timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    row = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert set(row["per_site"]) == {"alpha"}, row["per_site"].keys()
+    assert "claims to be 'a'" in run.stdout + coord.output("coordinator")  # logged, not trusted

@@ -70,6 +70,8 @@ def nginx_conf(*, folder: Path, host: str, port: int, upstream_port: int, cert: 
         ssl_certificate_key {key};
         ssl_protocols TLSv1.2 TLSv1.3;
 """
+    operator = (_location(FLEET, upstream) + _location(CONTROL, upstream)
+                + _location(HEALTH, upstream, exact=True))
     public = ""
     if _listen(host, port) != _listen("127.0.0.1", port):
         public = f"""    server {{  # the public address: sites only
@@ -105,7 +107,7 @@ http {{
     {verify}
 {public}    server {{  # loopback: the operator on this host (fedtune run, coordinator enroll)
         listen {_listen("127.0.0.1", port)} ssl;
-{tls}{_location(FLEET, upstream)}{_location(CONTROL, upstream)}{_location(HEALTH, upstream, exact=True)}        location = {INFO} {{  # where this coordinator keeps its site registry (for enroll)
+{tls}{operator}        location = {INFO} {{  # where this coordinator keeps its site registry (for enroll)
             default_type application/json;
             alias {folder / 'coordinator.json'};
         }}
