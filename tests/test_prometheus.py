@@ -130,5 +130,18 @@ def test_site_endpoint_carries_no_data(run, fed):
     assert err.value.code == 404
 
 
+def test_coordinator_status_page_lists_its_runs(run, fed):
+    import json
+
+    with urllib.request.urlopen(fed.urls["coordinator"] + "api/runs", timeout=10) as resp:
+        runs = json.loads(resp.read())
+    assert [r["id"] for r in runs] == ["prom-run"] and runs[0]["state"] == "finished"
+    assert runs[0]["round"] == runs[0]["total_rounds"] == 2
+    with urllib.request.urlopen(fed.urls["coordinator"] + "api/status?run=prom-run", timeout=10) as resp:
+        st = json.loads(resp.read())
+    assert sorted(st["sites"]) == ["a", "b", "c"] and st["sites"]["c"]["refused"] == 2
+    assert all(e["kind"] == "refused" and e["site"] == "c" for e in st["events"])
+
+
 def test_every_process_is_reaped(run, fed):
     assert fed.stop() == []

@@ -18,12 +18,11 @@ from pathlib import Path
 import pytest
 
 from common.errors import ConfigError
-from fedtune.status.model import run_status
+from fedtune.status.model import events, reason_class, run_status
 from fedtune.status.server import StatusServer
 from tests import chromium
 from tests.conftest import make_texts
 
-pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 NO_CHROMIUM = "chromium is not installed: `apt-get install chromium` (bash run.sh setup does it as root)"
 ROWS = "[...document.querySelectorAll('#rounds tr[data-round]')].map(r => +r.dataset.round)"
@@ -87,6 +86,7 @@ def live(tmp_path_factory, tiny_model_dir):
         _stop(proc)
 
 
+@pytest.mark.slow
 def test_new_rounds_appear_without_a_reload(live):
     b = live["browser"]
     b.wait("document.body.dataset.state", 60)  # the page rendered once, before any round
@@ -108,6 +108,7 @@ def test_new_rounds_appear_without_a_reload(live):
     b.screenshot(Path(target) if target else live["tmp"] / "status-finished.png")
 
 
+@pytest.mark.slow
 def test_page_shows_what_the_round_record_says(live):
     assert live["proc"].wait(timeout=600) == 0
     b, out = live["browser"], live["out"]
@@ -129,6 +130,7 @@ def test_page_shows_what_the_round_record_says(live):
     assert b.eval("[...document.scripts].every(s => s.src.startsWith(location.origin))")  # no CDN
 
 
+@pytest.mark.slow
 def test_trackers_follow_the_live_run(live):
     from mlflow.tracking import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -151,6 +153,7 @@ def test_trackers_follow_the_live_run(live):
     assert [e.step for e in ea.Scalars("site/site-1/epsilon")] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_finished_run_served_by_report(live):
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -197,3 +200,31 @@ def test_network_bind_needs_a_token_or_tls(tmp_path):
             assert json.loads(resp.read()) == []
     finally:
         page.stop()
+
+
+def test_round_record_to_status_fields(tmp_path):
+    """ETA, failures, refusals and rejections as the page shows them, from a real RunDir."""
+    from common.config import RunConfig
+    from server.rundir import RunDir
+    from server.strategy import RoundLog
+
+    run = RunDir(tmp_path / "run", RunConfig())  # federation.rounds = 3
+    log = RoundLog(round=1)
+    log.train["a"] = {"num-examples": 10.0, "epsilon": 1.0, "epsilon_budget": 4.0}
+    log.evaluate["a"] = {"num-examples": 5.0, "accuracy": 0.5}
+    log.failures += ["b refused: privacy budget of site b would be exceeded",
+                     "c (train): the site could not read its data (code 457)",
+                     "a (evaluate): rejected at the coordinator: metric 'x' is not finite"]
+    log.rejected["d"] = "update norm 81.2 is 12.0x the median 6.7"
+    run.record_round(log)
+    st = run_status(run.path)
+    assert st["state"] == "running" and st["round"] == 1 and st["total_rounds"] == 3
+    assert st["eta_s"] == pytest.approx(2 * st["rounds"][0]["round_s"])
+    kinds = {(e["site"], e["kind"]) for e in events([json.loads((run.path / "metrics.jsonl").read_text())])}
+    assert kinds == {("b", "refused"), ("c", "failed"), ("a", "rejected"), ("d", "rejected")}
+    assert st["sites"]["a"]["epsilon"] == 1.0 and st["sites"]["a"]["epsilon_budget"] == 4.0
+    assert st["sites"]["b"]["refused"] == 1 and st["sites"]["d"]["rejected"] == 1
+    assert reason_class("update norm 81.2 is 12.0x the median 6.7") == "update norm N is Nx the median N"
+    assert reason_class("metric 'secret_col' is not finite") == "metric '…' is not finite"
+    run.write_summary({})
+    assert run_status(run.path)["state"] == "finished" and run_status(run.path)["eta_s"] is None

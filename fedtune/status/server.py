@@ -47,9 +47,10 @@ class StatusServer:
                  port: int = 0, token: str | None = None, cert: Path | None = None,
                  key: Path | None = None, what: str = "status page"):
         if not is_loopback(host) and not token and not cert:
+            flag = "metrics" if "metrics" in what else "status"
             raise ConfigError(f"the {what} on {host} would be open to the network: pass a token "
-                              "file (--status-token-file / --metrics-token-file) or TLS "
-                              "(--status-cert/--status-key), or keep the default 127.0.0.1")
+                              f"file (--{flag}-token-file FILE) or TLS (--{flag}-cert FILE "
+                              f"--{flag}-key FILE), or keep the default --{flag}-host 127.0.0.1")
         if bool(cert) != bool(key):
             raise ConfigError(f"the {what}'s TLS needs both a certificate and its key")
         self.runs, self.metrics, self.token, self.what = runs, metrics, token, what
