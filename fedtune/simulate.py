@@ -96,7 +96,15 @@ def simulate(cfg: RunConfig, *, out: Path, quiet: bool = False, status: dict | N
     from server.tracking import require
 
     require(cfg)  # a tracker asked for without its extra fails before any process starts
-    out = out.resolve()
+    page = _status_page(out.resolve(), status, quiet)  # a refused --status-host fails here too
+    try:
+        return _run(cfg, out=out.resolve(), quiet=quiet)
+    finally:
+        if page is not None:
+            page.stop()
+
+
+def _run(cfg: RunConfig, *, out: Path, quiet: bool) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     flower.kill_by_marker(str(out / ".flwr"))  # leftovers of a crashed run in this directory
     if not cfg.output.resume:
@@ -121,7 +129,6 @@ def simulate(cfg: RunConfig, *, out: Path, quiet: bool = False, status: dict | N
          "--host", "127.0.0.1", "--port", str(port),
          "--disable-runtime-dependency-installation"], env=env, log=log)
     procs = [superlink]
-    page = _status_page(out, status, quiet)
     try:
         flower.wait_http(f"http://127.0.0.1:{port}/health", proc=superlink, log=log)
         cpus = max(1, (os.cpu_count() or 1) // cfg.simulation.concurrency)
@@ -142,8 +149,6 @@ def simulate(cfg: RunConfig, *, out: Path, quiet: bool = False, status: dict | N
     finally:
         flower.reap(procs)
         flower.kill_by_marker(str(flwr_home))
-        if page is not None:
-            page.stop()
     summary_path = out / "summary.json"
     if not summary_path.is_file():
         raise FedtuneError(f"the federation ended without a summary: {_cause(out / 'log.txt')} "

@@ -113,6 +113,7 @@ def start(*, certs: Path | None, host: str = "127.0.0.1", port: int = DEFAULT_PO
     workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
     env, marker = ops_env(workdir / "flwr-home")
     env[RUNS_INDEX_ENV] = str(workdir / "runs.index")  # each ServerApp lists its run directory
+    page = _status_page(workdir, state, status)  # before any process: a refused host fails here
     front = None
     if files is None:
         cmd = superlink_command(files=None, host=host, port=port, state=state)
@@ -143,7 +144,6 @@ def start(*, certs: Path | None, host: str = "127.0.0.1", port: int = DEFAULT_PO
             time.sleep(0.3)
 
     print(f"fedtune: starting coordinator: {' '.join(cmd)}", flush=True)
-    page = _status_page(workdir, state, status)
     try:
         code, last = run_foreground(cmd, env=env, log=workdir / "coordinator.log", marker=marker,
                                     cwd=workdir, watch=_announce)

@@ -137,6 +137,7 @@ async function poll() {
     if (RUN) url.searchParams.set("run", RUN);
     const res = await fetch(url, {headers: TOKEN ? {Authorization: "Bearer " + TOKEN} : {}, cache: "no-store"});
     if (res.ok) { const st = await res.json(); render(st); if (st.state === "finished") wait = 10000; }
+    else document.getElementById("state").textContent = res.status === 404 ? "no run yet" : `error ${res.status}`;
   } catch (e) { document.getElementById("updated").textContent = "cannot reach the server: " + e; }
   timer = setTimeout(poll, wait);
 }
