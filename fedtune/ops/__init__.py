@@ -110,13 +110,23 @@ def tls_preflight(host: str, port: int, *, ca: Path | None, timeout: float = 5.0
                                "better restart the coordinator with TLS") from err
 
 
+def _parent_death_signal() -> None:
+    """In the child, before exec: SIGKILL when the parent dies (Linux prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+
+
 def run_foreground(cmd: list[str], *, env: dict[str, str], log: Path, marker: str,
                    cwd: Path | None = None, on_line: Callable[[str], None] | None = None,
-                   watch: Callable[[subprocess.Popen], None] | None = None) -> tuple[int, list[str]]:
+                   watch: Callable[[subprocess.Popen], None] | None = None,
+                   die_with_parent: bool = False) -> tuple[int, list[str]]:
     """Run `cmd` in its own session, tee its output to stdout and `log`, and return
     (exit code, last 60 lines). `on_line` sees every output line; `watch(proc)` runs in a thread
     (e.g. a readiness probe). SIGTERM/SIGINT stop it; either way the child's process group and
-    every process carrying `marker` are reaped before returning."""
+    every process carrying `marker` are reaped before returning. `die_with_parent`: the kernel
+    kills the child if this process dies (even by SIGKILL), e.g. a site's SuperNode whose
+    runtime lives in this process must not outlive it."""
     log.parent.mkdir(parents=True, exist_ok=True)
     last: collections.deque[str] = collections.deque(maxlen=60)
     old = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
@@ -126,7 +136,7 @@ def run_foreground(cmd: list[str], *, env: dict[str, str], log: Path, marker: st
 
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, start_new_session=True, text=True, bufsize=1,
-                            errors="replace")
+                            errors="replace", preexec_fn=_parent_death_signal if die_with_parent else None)
 
     def _pump() -> None:
         with open(log, "a", encoding="utf-8") as fh:

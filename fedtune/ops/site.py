@@ -121,7 +121,7 @@ def start(*, coordinator: str, ca: Path | None, key: Path | None, data: Path, si
                             metrics=metrics)
     try:
         code, last = run_foreground(cmd, env=env, log=site_dir / "site.log", marker=marker,
-                                    cwd=site_dir, on_line=_announce)
+                                    cwd=site_dir, on_line=_announce, die_with_parent=True)
     finally:
         stop.set()
         runtime.join(timeout=5)
