@@ -28,7 +28,7 @@ from common.errors import ConfigError, FedtuneError
 
 FLEET, CONTROL, HEALTH = "/v1/fleet/", "/v1/control/", "/health"
 INFO = "/fedtune/coordinator.json"  # loopback only: the state folder, for `coordinator enroll`
-INSTALL_HINT = ("install it with `apt-get install nginx-light` (Debian/Ubuntu; `./run.sh setup` "
+INSTALL_HINT = ("install it with `apt-get install nginx-light` (or `nginx`; `./run.sh setup` "
                 "does this when run as root), or put its folder on PATH")
 
 
