@@ -1,7 +1,7 @@
 """CLI for what comes after training: export, predict, report, audit, keygen, release, verify.
 
-    fedtune export  RUN_DIR --out DIR [--int8] [--force]
-    fedtune predict MODEL_DIR --data FILE --out FILE.{csv,jsonl} [--batch-size N] [--text-column COL]
+    fedtune export  RUN_DIR --out DIR [--int8] [--force] [--device D]
+    fedtune predict MODEL_DIR --data FILE --out FILE.{csv,jsonl} [--batch-size N] [--text-column COL] [--device D]
     fedtune report  RUN_DIR [--out FILE.html] [--bench DIR ...]
     fedtune audit   RUN_DIR [--max-examples N]
     fedtune keygen  --out DIR [--force]
@@ -23,7 +23,7 @@ from pathlib import Path
 def cmd_export(args: argparse.Namespace) -> int:
     from fedtune.export import TOLERANCE, export_run
 
-    meta = export_run(args.run_dir, out=args.out, int8=args.int8, force=args.force)
+    meta = export_run(args.run_dir, out=args.out, int8=args.int8, force=args.force, device=args.device)
     print(f"export: merged vs adapter max abs logit diff {meta['max_abs_logit_diff']:.3g} (limit {TOLERANCE:g})")
     if args.int8:
         print(f"export: int8 vs adapter max abs logit diff {meta['int8_max_abs_logit_diff']:.3g}, "
@@ -37,7 +37,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from fedtune.predict import predict_file
 
     result = predict_file(args.model_dir, data=args.data, out=args.out, batch_size=args.batch_size,
-                          text_column=args.text_column, progress=not args.quiet)
+                          text_column=args.text_column, progress=not args.quiet, device=args.device)
     extra = f", accuracy {result['accuracy']:.4f} against the file's labels" if "accuracy" in result else ""
     print(f"predict: {result['rows']} rows in {result['seconds']:.2f}s ({result['rows_per_s']:.0f} rows/s)"
           f"{extra} -> {result['out']}")
@@ -111,6 +111,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="export directory to create")
     p.add_argument("--int8", action="store_true", help="also write a dynamically int8-quantised CPU model")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--device", help="auto | cpu | cuda[:N] for the merge check (default: the run's train.device)")
     p.set_defaults(func=cmd_export)
 
     p = subparsers.add_parser("predict", help="batch predictions for a CSV/JSONL file")
@@ -120,6 +121,7 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--text-column", help="text column of --data when it differs from the run's data.text-column")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--device", help="auto | cpu | cuda[:N] (default: the run's train.device, else auto)")
     p.set_defaults(func=cmd_predict)
 
     p = subparsers.add_parser("report", help="one self-contained HTML page about a run")
