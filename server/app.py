@@ -89,7 +89,7 @@ def run(grid: Grid, cfg: RunConfig) -> dict:
         stopper.load(ckpt.best, ckpt.best_arrays)
         _say(f"fedtune: resuming {run_dir.path} after round {done}")
     server_round = done + 1
-    retries = 0
+    retries, halted = 0, ""
     while server_round <= fed.rounds and not stopper.stopped:
         strategy.offset = server_round - 1
         result = outer.start(grid=grid, initial_arrays=arrays, num_rounds=1,
@@ -118,6 +118,12 @@ def run(grid: Grid, cfg: RunConfig) -> dict:
             base_sha256=base_sha),
             keep=cfg.output.keep_checkpoints)
         server_round += 1
+        if not log.train:  # after the retries nobody trained: another round cannot help
+            halted = (f"round {server_round - 1}: no site sent a valid update after "
+                      f"{fed.round_retries} retries")
+            _say(f"fedtune: STOPPED — {halted}; the run ends here (every site's reason: "
+                 + "; ".join(log.failures + [f"{s}: {r}" for s, r in log.rejected.items()]) + ")")
+            break
     if stopper.stopped:
         _say(f"fedtune: early stopping after round {server_round - 1}: best validation "
              f"{stopper.metric} {stopper.best_value:.4f} at round {stopper.best_round}; "
@@ -130,7 +136,8 @@ def run(grid: Grid, cfg: RunConfig) -> dict:
              "trainable_params": count_trainable(model)[0],
              "lora_variant": "ffa" if cfg.ffa else cfg.model.finetune,
              "privacy": run_dir.privacy_summary(), "early_stopping": stopper.state(),
-             "final_round": stopper.best_round if stopper.best_round else len(run_dir.history)}
+             "final_round": stopper.best_round if stopper.best_round else len(run_dir.history),
+             "halted": halted}
     if cfg.privacy.server_noise > 0:
         extra["server_dp"] = server_dp_epsilon(noise_multiplier=cfg.privacy.server_noise,
                                                rounds=len(run_dir.history), num_sites=num_sites)

@@ -14,6 +14,8 @@ import pytest
 
 from tests.conftest import make_texts
 
+pytestmark = pytest.mark.slow  # real federations (deselect with -m "not slow")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -20,6 +20,8 @@ import pytest
 from fedtune.flower import free_port
 from tests.conftest import make_texts
 
+pytestmark = pytest.mark.slow  # real federations (deselect with -m "not slow")
+
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "FEDTUNE_IT_MARKER"
 LABELS = [f"intent_{i}" for i in range(4)]

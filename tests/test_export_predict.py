@@ -20,6 +20,8 @@ import torch
 from fedtune.cli import main
 from tests.conftest import make_texts
 
+pytestmark = pytest.mark.slow  # real federations (deselect with -m "not slow")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -82,6 +82,7 @@ def fraud_frame(n: int, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["text", "label"])
 
 
+@pytest.mark.slow
 def test_imbalanced_binary_e2e(tmp_path, tiny_model_dir):
     fraud_frame(400).to_csv(tmp_path / "tx.csv", index=False)
     summary, rows, _ = simulate(tmp_path / "run", [

@@ -21,6 +21,8 @@ from common.model import build_model
 from tests.conftest import make_texts
 from tests.test_privacy import _independent_epsilon, journal_entries
 
+pytestmark = pytest.mark.slow  # real federations (deselect with -m "not slow")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

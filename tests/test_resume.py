@@ -18,6 +18,8 @@ from safetensors.torch import load_file
 from tests.conftest import make_texts
 from tests.test_simulation_e2e import _flower_processes
 
+pytestmark = pytest.mark.slow  # real federations (deselect with -m "not slow")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -28,6 +28,8 @@ from common.model import build_model
 from server.secagg import QUANTIZATION_RANGE, check_secagg_config, error_bound
 from tests.conftest import make_texts
 
+pytestmark = pytest.mark.slow  # real federations (deselect with -m "not slow")
+
 ROOT = Path(__file__).resolve().parents[1]
 CLIP, MAX_WEIGHT = 1.0, 1000.0
 

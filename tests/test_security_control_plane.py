@@ -22,6 +22,8 @@ from fedtune.ops import write_connection
 from fedtune.ops.proxy import find_nginx
 from tests.test_deploy_integration import ROOT, Federation
 
+pytestmark = pytest.mark.slow  # real federations (deselect with -m "not slow")
+
 PUBLIC = "127.0.0.2"
 
 

@@ -15,6 +15,8 @@ from common.config import resolve
 from common.model import build_model
 from tests.conftest import make_texts
 
+pytestmark = pytest.mark.slow  # real federations (deselect with -m "not slow")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

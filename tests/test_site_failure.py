@@ -17,6 +17,8 @@ import pytest
 from tests.conftest import make_texts
 from tests.test_deploy_integration import LABELS, ROOT, Federation, _marked
 
+pytestmark = pytest.mark.slow  # real federations (deselect with -m "not slow")
+
 
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory, tiny_model_dir):

@@ -152,10 +152,12 @@ def test_a_bundle_of_another_version_is_refused(fed, tmp_path):
     marker = tmp_path / "OTHER-RAN"
     other = _bundle(tmp_path, "other", marker=marker, version="0.0.9")
     out = tmp_path / "run-other"
-    proc = _run(fed, out, app=other)
+    proc = _run(fed, out, "federation.rounds=3", app=other)
     assert not marker.exists()
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    assert rows[0]["sites_trained"] == [], rows[0]
+    assert len(rows) == 1 and rows[0]["sites_trained"] == [], rows  # too few remain: it stops
+    assert "STOPPED" in proc.stdout and "no site sent a valid update" in proc.stdout
+    assert "no site sent a valid update" in json.loads((out / "summary.json").read_text())["halted"]
     assert len(rows[0]["failures"]) == 3 and all("bundle" in r for r in rows[0]["failures"]), rows
     for name in "ab":  # the operator sees why, at the site
         assert "REFUSED run" in fed.output(f"site-{name}")

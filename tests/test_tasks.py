@@ -77,6 +77,7 @@ def test_regression_head_trains(tiny_model_dir):
     assert set(after) == {"mae", "rmse", "r2"} and after["rmse"] < before["rmse"]
 
 
+@pytest.mark.slow
 def test_regression_e2e_full_finetune_frozen_fedprox(tmp_path, tiny_model_dir):
     """Regression, full fine-tuning (with the loud size warning) and freeze-modules, under FedProx."""
     texts, labels = make_texts(200, 4)
@@ -96,6 +97,7 @@ def test_regression_e2e_full_finetune_frozen_fedprox(tmp_path, tiny_model_dir):
         assert {"mae", "rmse", "r2"} <= set(site["evaluate"])
 
 
+@pytest.mark.slow
 def test_causal_lm_e2e(tmp_path, tiny_lm_dir):
     prompts, responses = make_pairs(240)
     pd.DataFrame({"prompt": prompts, "response": responses}).to_csv(tmp_path / "pairs.csv", index=False)
