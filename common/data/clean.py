@@ -17,14 +17,46 @@ from common.data.config import DataConfig
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
 _INVISIBLE = re.compile("[\u00ad\u200b-\u200f\u202a-\u202e\u2060-\u2064\ufeff]")
 _NOT_WORD = re.compile(r"[\W_]+")
+# East Asian scripts (ideographs, kana, hangul, CJK symbols and punctuation) and full-width
+# punctuation: a full-width punctuation mark next to one of these is CJK punctuation and stays.
+_EAST_ASIAN = re.compile("[\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+                         "\u201c\u201d\u2018\u2019\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff65]")
+_FULL_PUNCT = re.compile("[\uff01-\uff0f\uff1a-\uff20\uff3b-\uff40\uff5b-\uff5e]")
+_FULL_BRACKETS = frozenset("（）［］｛｝＂＇")  # kept in CJK text even when they wrap ASCII: pairs stay alike
+_CJK_HINT = re.compile("[\u3000-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+
+
+def normalize_width(text: str) -> str:
+    """NFKC, except that full-width punctuation next to East Asian text stays full-width.
+
+    Full-width letters, digits and symbols become ASCII ("１３８" -> "138", "ｅｍａｉｌ＠ｘ．ｃｏｍ"
+    -> "email@x.com") so the PII patterns and the tokenizer see one form. A full-width mark between
+    ASCII characters ("１，２００" -> "1,200") is ASCII too; one touching CJK text ("你好，世界！")
+    is Chinese punctuation, which Chinese vocabularies (bert-base-chinese) hold as its own token,
+    so it is kept, and so are full-width brackets and quotes anywhere in CJK text (a pair stays
+    alike: "（p=0.05）"). Half-width CJK punctuation ("｡" "､" "｢") becomes full-width (plain NFKC).
+    """
+    if not _CJK_HINT.search(text):
+        return unicodedata.normalize("NFKC", text)
+    out, start = [], 0
+    for m in _FULL_PUNCT.finditer(text):
+        i = m.start()
+        before = text[:i].rstrip()[-1:]
+        after = text[i + 1:].lstrip()[:1]
+        if text[i] in _FULL_BRACKETS or _EAST_ASIAN.match(before or "a") or _EAST_ASIAN.match(after or "a"):
+            out.append(unicodedata.normalize("NFKC", text[start:i]) + text[i])
+            start = i + 1
+    out.append(unicodedata.normalize("NFKC", text[start:]))
+    return "".join(out)
 
 
 def clean_text(text: str) -> str:
-    """HTML-unescape, NFKC-normalise, strip control characters and collapse whitespace."""
+    """HTML-unescape, NFKC-normalise (CJK punctuation kept: normalize_width), strip control
+    characters and collapse whitespace."""
     if "&" in text:
         text = html.unescape(text)
     if not text.isascii():
-        text = unicodedata.normalize("NFKC", text)
+        text = normalize_width(text)
         text = _INVISIBLE.sub("", text)
     text = _CONTROL.sub(" ", text)
     return " ".join(text.split())

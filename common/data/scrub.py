@@ -1,6 +1,7 @@
 """PII/PHI scrubbing with typed placeholders, tuned for precision as much as recall.
 
-Placeholders: [EMAIL] [PHONE] [CARD] [IBAN] [SSN] [URL] [IP] [DATE] [MRN] [NAME]. Checksums
+Placeholders: [EMAIL] [PHONE] [CARD] [IBAN] [SSN] [URL] [IP] [DATE] [MRN] [NAME] [CN_ID]
+(Chinese patterns: common.data.scrub_zh). Checksums
 decide cards (Luhn) and IBANs (mod 97); dosages, amounts, percentages, p-values, bare years,
 ages, lab values and short numbers are left alone. Cheap per-text pre-checks (digit count, "@",
 titles) skip the expensive patterns for most rows. A date needs a day ("3 March 2019",
@@ -19,11 +20,15 @@ from collections.abc import Callable, Sequence
 
 import pandas as pd
 
-PII_TYPES = ("EMAIL", "PHONE", "CARD", "IBAN", "SSN", "URL", "IP", "DATE", "MRN", "NAME")
+from common.data.scrub_zh import DATE_PATTERNS as _ZH_DATES, WORD, scrub_names, scrub_numbers, scrub_record_ids
 
-_URL = re.compile(r"(?i:\b(?:https?://|ftp://|www\.)[^\s<>\"'\[\]]+)")
-_EMAIL = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
-_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b", re.IGNORECASE)
+PII_TYPES = ("EMAIL", "PHONE", "CARD", "IBAN", "SSN", "URL", "IP", "DATE", "MRN", "NAME", "CN_ID")
+_STOP_URL = "\u3000-\u303f\u3040-\u30ff\u3400-\u9fff\uff00-\uffef\u201c\u201d"  # a URL ends at CJK text
+
+_W = WORD  # \w minus East Asian script: "邮箱a@b.com" and "电话+86 ..." have boundaries
+_URL = re.compile(rf"(?i:(?<!{_W})(?:https?://|ftp://|www\.)[^\s<>\"'\[\]{_STOP_URL}]+)")
+_EMAIL = re.compile(rf"(?<!{_W})[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{{2,}}(?!{_W})")
+_IBAN = re.compile(rf"(?<!{_W})[A-Z]{{2}}\d{{2}}(?: ?[A-Z0-9]{{4}}){{2,7}}(?: ?[A-Z0-9]{{1,3}})?(?!{_W})", re.IGNORECASE)
 _CARD = re.compile(
     r"(?<![\d.,/-])(?:\d{13,19}"                                   # contiguous
     r"|\d{4}(?P<s>[ -])\d{4}(?P=s)\d{4}(?P=s)\d{4}(?:(?P=s)\d{1,3})?"  # 4-4-4-4(-3)
@@ -35,17 +40,18 @@ _ID_KEY = (r"(?i:\bMRN\b|\bMR\s?#|\bmedical\s+record(?:\s+(?:number|no\.?|#))?"
            r"|account|acct|case|chart|record|file|NHS|beneficiary|encounter|visit)"
            r"\s*(?:id\b|no\.|no\b|number\b|num\b|#))")
 _MRN = re.compile(_ID_KEY + r"(?P<sep>[\s:#=.-]*(?:(?i:is|was)\s+)?[:#]?\s*)"
-                  r"(?P<id>\d{3}\s\d{3}\s\d{4}\b|[A-Za-z]{0,3}-?\d{4,12}(?:-\d{1,6})?\b)")
-_IPV4 = re.compile(r"(?<![\w.])(?<!EC )(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}"
-                   r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\w]|\.\d)")
-_IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:[0-9A-Fa-f]{1,4}|(?:\d{1,3}\.){3}\d{1,3})?(?![\w:])")
+                  r"(?P<id>\d{3}\s\d{3}\s\d{4}|[A-Za-z]{0,3}-?\d{4,12}(?:-\d{1,6})?)" rf"(?!{_W})")
+_IPV4 = re.compile(rf"(?<!{_W})(?<!\.)(?<!EC )(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){{3}}"
+                   rf"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?!{_W}|\.\d)")
+_IPV6 = re.compile(rf"(?<!{_W})(?<![:.])(?:[0-9A-Fa-f]{{0,4}}:){{2,7}}(?:[0-9A-Fa-f]{{1,4}}|(?:\d{{1,3}}\.){{3}}\d{{1,3}})?"
+                   rf"(?!{_W}|:)")
 _PHONE = re.compile(
-    r"(?<![\w+])\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){1,5}[ .-]?\d{2,4}(?![\w]|[.,]\d)"           # +44 20 7946 0958
-    r"|(?<![\w.+/-])(?:\(\s*[2-9]\d{2}\s*\)\s*|[2-9]\d{2}[ .-])\d{3}[ .-]\d{4}(?![\w-]|[.,/]\d)"  # (555) 123-4567
-    r"|(?<![\w.+/-])0\d{2,4}[ -]?\d{3,4}[ -]?\d{3,4}(?![\w-]|[.,/]\d)")                          # 020 7946 0958
+    rf"(?<!{_W})(?<!\+)\+\d{{1,3}}(?:[ .-]?\(?\d{{1,4}}\)?){{1,5}}[ .-]?\d{{2,4}}(?!{_W}|[.,]\d)"   # +44 20 7946 0958
+    rf"|(?<!{_W})(?<![.+/-])(?:\(\s*[2-9]\d{{2}}\s*\)\s*|[2-9]\d{{2}}[ .-])\d{{3}}[ .-]\d{{4}}(?!{_W}|-|[.,/]\d)"  # (555) 123-4567
+    rf"|(?<!{_W})(?<![.+/-])0\d{{2,4}}[ -]?\d{{3,4}}[ -]?\d{{3,4}}(?!{_W}|-|[.,/]\d)")          # 020 7946 0958
 _TITLE_HINT = re.compile(r"\b(?:Mrs?|Ms|Miss|Mx|Dr|Prof(?:essor)?|Doctor|mrs?|dr)\b")
 _NAME_TOK = r"(?:[A-Z][a-z]+(?:[A-Z][a-z]+)?(?:['’-][A-Z][a-z]+)*|[A-Z]['’][A-Z][a-z]+|[A-Z]\.)"
-_NAME = re.compile(r"(?<![\w.])(?P<title>Mrs?|Ms|Miss|Mx|Dr|Prof|Professor|Doctor|mrs?|dr)(?P<dot>\.?)\s+"
+_NAME = re.compile(rf"(?<!{_W})(?<!\.)(?P<title>Mrs?|Ms|Miss|Mx|Dr|Prof|Professor|Doctor|mrs?|dr)(?P<dot>\.?)\s+"
                    rf"(?P<name>{_NAME_TOK}(?:\s+{_NAME_TOK}){{0,2}})")
 _DIGIT = re.compile(r"\d")
 
@@ -250,22 +256,23 @@ class Scrubber:
         if "@" in text:
             text = _EMAIL.sub(lambda m: self._hit("EMAIL"), text)
         if n_digits >= 9:
+            text = scrub_numbers(text, self._hit, n_digits)
             text = _IBAN.sub(self._iban, text) if n_digits >= 10 else text
             text = _CARD.sub(self._card, text) if n_digits >= 13 else text
             text = _SSN.sub(self._ssn, text)
         if n_digits >= 4:
-            text = _MRN.sub(self._mrn, text)
+            text = scrub_record_ids(_MRN.sub(self._mrn, text), self._hit)
             text = _IPV4.sub(self._ip4, text) if "." in text else text
         if text.count(":") >= 2:
             text = _IPV6.sub(self._ip6, text)
         if n_digits >= 1:
-            for pattern, parse in _DATE_PATTERNS if n_digits >= 4 else _DATE_PATTERNS[2:4]:
+            for pattern, parse in _DATE_PATTERNS + _ZH_DATES if n_digits >= 4 else _DATE_PATTERNS[2:] + _ZH_DATES:
                 text = pattern.sub(self._date(parse), text)
         if n_digits >= 8:
             text = _PHONE.sub(self._phone, text)
         if _TITLE_HINT.search(text):
             text = _NAME.sub(self._name, text)
-        return text
+        return scrub_names(text, self._hit)
 
 
 def scrub_texts(texts: Sequence[str], *, date_policy: str = "mask",
