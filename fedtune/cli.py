@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_release(sub)
     register_ops(sub)
+    from fedtune.explain import register as register_explain
+
+    register_explain(sub)
     try:
         from common.data.cli import add_prepare_parser, run_prepare
 
