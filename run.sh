@@ -23,20 +23,24 @@ setup() {
     "$VENV/bin/pip" install -q torch==2.13.0 -e '.[test]'
     echo "$want" > "$stamp"
   fi
+  export PATH="$PWD/$VENV/bin:$PATH"
+  export HF_HUB_OFFLINE=1 FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1
+}
+
+# System packages the tests need (the demo needs neither): installed only when missing and root.
+system_packages() {
   # nginx: the coordinator's TLS front (fedtune/ops/proxy.py); installed only when missing and we are root
   if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx; } >/dev/null 2>&1 || echo "run.sh: could not install nginx (the deployed coordinator needs it)" >&2; fi
   # chromium: headless browser for the status page's tests (tests/test_status_page.py); same rule
   if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 || echo "run.sh: could not install chromium (the status page tests will skip)" >&2; fi
-  export PATH="$PWD/$VENV/bin:$PATH"
-  export HF_HUB_OFFLINE=1 FLWR_TELEMETRY_ENABLED=0 FLWR_DISABLE_UPDATE_CHECK=1
 }
 
 cmd="${1:-demo}"
 shift || true
 case "$cmd" in
   demo)  setup; exec fedtune simulate --config configs/demo.toml --out "runs/demo-$(date +%Y%m%d-%H%M%S)" "$@" ;;
-  test)  setup; exec python -m pytest -q "$@" ;;
+  test)  setup; system_packages; exec python -m pytest -q "$@" ;;
   bench) setup; exec python bench/run_all.py "$@" ;;
-  setup) setup ;;
+  setup) setup; system_packages ;;
   *) echo "usage: bash run.sh [demo|test|bench|setup] [args...]" >&2; exit 2 ;;
 esac
