@@ -228,3 +228,39 @@ def test_round_record_to_status_fields(tmp_path):
     assert reason_class("metric 'secret_col' is not finite") == "metric '…' is not finite"
     run.write_summary({})
     assert run_status(run.path)["state"] == "finished" and run_status(run.path)["eta_s"] is None
+
+
+def test_tls_status_page(tmp_path):
+    """--status-cert/--status-key: the page over HTTPS, verified against the certificate."""
+    import datetime
+    import ipaddress
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedtune-status")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "c.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "k.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    page = StatusServer(runs=lambda: {}, cert=tmp_path / "c.pem", key=tmp_path / "k.pem").start()
+    try:
+        assert page.url.startswith("https://127.0.0.1:")
+        ctx = ssl.create_default_context(cafile=str(tmp_path / "c.pem"))
+        with urllib.request.urlopen(page.url, context=ctx, timeout=10) as resp:
+            assert b"page.js" in resp.read() and "script-src 'self'" in resp.headers["Content-Security-Policy"]
+    finally:
+        page.stop()
+    with pytest.raises(ConfigError, match="both"):
+        StatusServer(runs=dict, cert=tmp_path / "c.pem")
