@@ -166,22 +166,30 @@ class SiteRuntime:
             t1 = time.perf_counter()
             reply = self._run(message, context, run, fab)
             t2 = time.perf_counter()
-            if self.metrics is not None:
-                self.metrics.observe(message.metadata.message_type,
-                                     error_code=reply.error.code if reply.has_error() else None)
+            # counted before the reply leaves: a scrape after the coordinator has it sees it
+            self._count(message.metadata.message_type,
+                        reply.error.code if reply.has_error() else None)
             push_message(client, reply, context)
             status = SubStatus.COMPLETED
             return self._timing(message, reply, t0, t1, t2, time.perf_counter())
         except Exception as err:  # noqa: BLE001 - pulling/pushing failed: the task expires
             log.error("runtime: task failed outside the ClientApp: %s: %s", type(err).__name__, err)
-            if self.metrics is not None:
-                self.metrics.observe("unknown", error_code="task")
+            self._count("unknown", "task")
             return None
         finally:
             push_task_output(client, context=context, sub_status=status, details="")
             if beat.is_running:
                 beat.stop()
             client.close()
+
+    def _count(self, message_type: str, error_code) -> None:
+        """The optional metrics hook; counting never changes what the task did."""
+        if self.metrics is None:
+            return
+        try:
+            self.metrics.observe(message_type, error_code=error_code)
+        except Exception as err:  # noqa: BLE001 - an observer only
+            log.warning("runtime: metrics not updated: %s: %s", type(err).__name__, err)
 
     def _run(self, message: Message, context, run, fab) -> Message:
         try:
