@@ -94,8 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     register_release(sub)
     register_ops(sub)
     from fedtune.explain import register as register_explain
+    from fedtune.tune import register as register_tune
 
     register_explain(sub)
+    register_tune(sub)
     try:
         from common.data.cli import add_prepare_parser, run_prepare
 
