@@ -139,7 +139,8 @@ def test_a_modified_bundle_never_runs_at_the_site(fed, tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["sites_trained"] == ["a", "b"], rows[0]  # the sites' own ClientApp served it
     # site c pins another bundle's hash in its policy: refused with the bundle code, nothing run
-    assert len(rows[0]["failures"]) == 1 and "bundle" in rows[0]["failures"][0], rows[0]
+    # (its train and its evaluate message are both refused)
+    assert rows[0]["failures"] and all("bundle" in f for f in rows[0]["failures"]), rows[0]
     assert "is not pinned" in (fed.tmp / "site-c/runtime.log").read_text()
     _assert_nothing_of_the_site(_coordinator_side(fed, out, proc), fed)
     # ... and the same long-lived runtime served every message: warm state, one process
@@ -158,7 +159,7 @@ def test_a_bundle_of_another_version_is_refused(fed, tmp_path):
     assert len(rows) == 1 and rows[0]["sites_trained"] == [], rows  # too few remain: it stops
     assert "STOPPED" in proc.stdout and "no site sent a valid update" in proc.stdout
     assert "no site sent a valid update" in json.loads((out / "summary.json").read_text())["halted"]
-    assert len(rows[0]["failures"]) == 3 and all("bundle" in r for r in rows[0]["failures"]), rows
+    assert len(rows[0]["failures"]) >= 3 and all("bundle" in r for r in rows[0]["failures"]), rows
     for name in "ab":  # the operator sees why, at the site
         assert "REFUSED run" in fed.output(f"site-{name}")
         assert "0.0.9" in (fed.tmp / f"site-{name}/runtime.log").read_text()
