@@ -81,3 +81,23 @@ def test_bad_space_names_the_problem(tmp_path, capsys, body, needle):
     assert main(["tune", "--space", str(tmp_path / "s.toml"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert needle in err and "s.toml" in err or needle == "not a run config key" and needle in err
+
+
+@pytest.mark.slow
+def test_pruner_stops_the_federation_between_rounds(tiny_model_dir, tmp_path):
+    """A pruned trial really stops: after round 1 of 3 the coordinator runs no further round."""
+    import optuna
+
+    from common.config import resolve
+    from fedtune.tune import _run
+
+    texts, labels = make_texts(120, 3)
+    data = tmp_path / "pooled.csv"
+    pd.DataFrame({"text": texts, "label": labels}).to_csv(data, index=False)
+    cfg = resolve(None, _sets(tiny_model_dir, data)[:-3] + [
+        "federation.rounds=3", "federation.early-stopping-patience=4", "federation.early-stopping-metric=accuracy"])
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=2.0))
+    curve, pruned = _run(cfg, out=tmp_path / "trial", runner="inproc", trial=study.ask(), metric="accuracy")
+    assert pruned and len(curve) == 1 and 0 <= curve[0] <= 1
+    rows = (tmp_path / "trial" / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 1 and not (tmp_path / "trial" / "summary.json").exists()
