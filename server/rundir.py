@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -117,10 +118,12 @@ class RunDir:
                 if "epsilon" in v["train"]:
                     out[site] = {k: v["train"][k] for k in ("epsilon", "delta", "epsilon_budget")
                                  if k in v["train"]}
-            for failure in r["failures"]:
+            for failure in r["failures"]:  # "<site> (<phase>): <fixed reason>" (server/strategy.py)
                 if "refused" in failure:
-                    site = failure.split(" refused", 1)[0].split(": ")[0]
-                    out.setdefault(site, {}).setdefault("refused_rounds", []).append(r["round"])
+                    site = re.sub(r" \([a-z_]+\)$", "", failure.split(": ", 1)[0])
+                    rounds = out.setdefault(site, {}).setdefault("refused_rounds", [])
+                    if r["round"] not in rounds:  # its train and evaluate refusals: one round
+                        rounds.append(r["round"])
         return out
 
     def write_plots(self) -> None:
