@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from common.errors import ConfigError
-from fedtune.ops.keys import check_public_key
+from fedtune.ops.keys import check_public_key, write_file
 
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 DEFAULT_SANS = ("127.0.0.1", "localhost")
@@ -77,17 +77,6 @@ def _san(entry: str) -> x509.GeneralName:
             raise ConfigError(f"--san entry {entry!r} is neither an IP address nor a DNS name: "
                               "write e.g. --san 127.0.0.1,localhost,coord.example.org") from None
         return x509.DNSName(entry)
-
-
-def _write(path: Path, data: bytes, *, private: bool) -> None:
-    """Write atomically; private files are created 0600 (never world-readable, not even briefly)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.chmod(tmp, 0o600 if private else 0o644)
-    os.replace(tmp, path)
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -162,8 +151,8 @@ def make_certs(out: Path, *, sites: list[str], sans: list[str] | None = None, fo
     ca_crt, ca_key_path = out / "ca" / "ca.crt", out / "ca" / "ca.key"
     if force or not (ca_crt.is_file() and ca_key_path.is_file()):
         ca, ca_key = _make_ca(ca_days)
-        _write(ca_key_path, _pem_key(ca_key), private=True)
-        _write(ca_crt, ca.public_bytes(serialization.Encoding.PEM), private=False)
+        write_file(ca_key_path, _pem_key(ca_key), private=True)
+        write_file(ca_crt, ca.public_bytes(serialization.Encoding.PEM), private=False)
         rep.created += [ca_crt, ca_key_path]
         force = True  # a new CA invalidates everything it signed before
     else:
@@ -174,8 +163,8 @@ def make_certs(out: Path, *, sites: list[str], sans: list[str] | None = None, fo
     crt, key = coord / "coordinator.crt", coord / "coordinator.key"
     if force or not (crt.is_file() and key.is_file()):
         cert, ckey = _make_server(ca, ca_key, sans, cert_days)
-        _write(key, _pem_key(ckey), private=True)
-        _write(crt, cert.public_bytes(serialization.Encoding.PEM), private=False)
+        write_file(key, _pem_key(ckey), private=True)
+        write_file(crt, cert.public_bytes(serialization.Encoding.PEM), private=False)
         rep.created += [crt, key]
     else:
         have = cert_sans(crt)
@@ -200,11 +189,11 @@ def _site(out: Path, name: str, *, force: bool, rep: CertsReport) -> None:
     priv, pub = folder / f"{name}.key", folder / f"{name}.pub"
     if force or not (priv.is_file() and pub.is_file()):
         key = ec.generate_private_key(ec.SECP384R1())
-        _write(priv, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+        write_file(priv, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                        serialization.NoEncryption()), private=True)
         line = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                              serialization.PublicFormat.OpenSSH)
-        _write(pub, line + f" fedtune-site-{name}\n".encode(), private=False)
+        write_file(pub, line + f" fedtune-site-{name}\n".encode(), private=False)
         rep.created += [priv, pub]
     else:
         rep.kept.append(priv)

@@ -58,7 +58,9 @@ def refuse_loose(path: Path, *, what: str = "private key") -> None:
                           f"it. Run `chmod 600 {path}` (owner only), then start again")
 
 
-def _write(path: Path, data: bytes, *, private: bool) -> None:
+def write_file(path: Path, data: bytes, *, private: bool) -> None:
+    """Write atomically; private files are created 0600 (never world-readable, not even briefly)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
     with os.fdopen(fd, "wb") as fh:
@@ -85,10 +87,10 @@ def keygen(*, name: str, out: Path, secret: bytes | None = None, force: bool = F
     else:
         data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                  serialization.NoEncryption())
-    _write(priv, data, private=True)
+    write_file(priv, data, private=True)
     line = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                          serialization.PublicFormat.OpenSSH)
-    _write(pub, line + f" fedtune-site-{name}\n".encode(), private=False)
+    write_file(pub, line + f" fedtune-site-{name}\n".encode(), private=False)
     return priv, pub
 
 
@@ -150,7 +152,7 @@ def load_site_key(key: Path, *, site_dir: Path, secret: bytes | None = None) -> 
         return key
     site_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     plain = site_dir / ".node-auth.key"
-    _write(plain, private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+    write_file(plain, private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                         serialization.NoEncryption()), private=True)
     atexit.register(lambda: plain.unlink(missing_ok=True))
     return plain
