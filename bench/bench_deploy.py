@@ -6,7 +6,7 @@ Simulation: `fedtune simulate --config configs/demo.toml`. Deployment: the same 
 demo data into 3 bank files (as deploy/demo_local.sh), a coordinator and 3 `fedtune site start`
 processes on loopback (plain HTTP on loopback: TLS costs nothing measurable here and the bench
 measures the site runtime), one `fedtune run`. Reports, per round, the wall time of each (the
-ServerApp's own round clock, metrics.jsonl `elapsed_s`) and their ratio, the accuracies (they
+ServerApp's own round clock, metrics.jsonl `round_s`) and their ratio, the accuracies (they
 must agree), and from every site's runtime-timing.jsonl the site-side overhead per message: the
 time a message in hand spends at the site outside training/evaluation (building or reusing the
 warm site, policy checks, loading the arrays, pushing the reply to the SuperNode) — cold first vs
@@ -116,8 +116,8 @@ def summarise(sim: list[dict], dep: list[dict], timings: list[list[dict]], *, wa
               config: dict) -> dict:
     rounds = []
     for s, d in zip(sim, dep):
-        rounds.append({"round": s["round"], "simulated_s": s["elapsed_s"], "deployed_s": d["elapsed_s"],
-                       "ratio": d["elapsed_s"] / s["elapsed_s"],
+        rounds.append({"round": s["round"], "simulated_s": s["round_s"], "deployed_s": d["round_s"],
+                       "ratio": d["round_s"] / s["round_s"],
                        "accuracy_simulated": s["evaluate"].get("accuracy"),
                        "accuracy_deployed": d["evaluate"].get("accuracy")})
     cold = [t[0]["overhead"] for t in timings if t]
