@@ -180,6 +180,13 @@ class FederationConfig:
     early_stopping_patience: int = 0
     early_stopping_min_delta: float = 0.0
     early_stopping_metric: str = "loss"  # a validation metric: loss (lower is better), accuracy, macro_f1, rmse
+    # Each site also trains a local-only model (its own train split, the run's rounds x local
+    # epochs, same model config) and reports its test metrics as local_*; the model stays at the
+    # site (client/baseline.py). Under DP only where the site's policy allows it (accounted).
+    baselines: bool = False
+    # After the last round each site fine-tunes the global adapter this many epochs on its own
+    # train split, keeps it (<site-dir>/personalized/) and reports personal_*; 0 = off.
+    personalize_epochs: float = 0.0
 
     def __post_init__(self) -> None:
         _check(self.rounds >= 1, "federation.rounds", self.rounds, "use 1 or more rounds")
@@ -215,6 +222,8 @@ class FederationConfig:
         _check(self.early_stopping_metric in ("loss", "accuracy", "macro_f1", "rmse", "mae"),
                "federation.early-stopping-metric", self.early_stopping_metric,
                "use loss, accuracy, macro_f1, rmse or mae")
+        _check(self.personalize_epochs >= 0, "federation.personalize-epochs", self.personalize_epochs,
+               "use 0 (off) or a few epochs, e.g. 1")
 
 
 @dataclass
