@@ -13,6 +13,9 @@ The site writes a TOML file (never sent to the coordinator) with top-level keys:
     allow-augment-under-dp = false     # augmented copies multiply a person's records (default false)
     max-rounds-per-run = 10            # refuse runs with more federation.rounds (0 = no cap, default)
     allow-full-finetune = true         # false: refuse model.finetune = "full" (default true)
+    allow-local-models-under-dp = false  # under DP, train the local-only baseline / personalized
+                                         # adapter (federation.baselines, personalize-epochs): they
+                                         # spend epsilon in the site's ledger (default false: skipped)
     secagg-min-cohort = 3              # SecAgg+: fewest sites in a masked round (client/secagg.py)
     secagg-min-threshold = 0.5         # SecAgg+: reconstruction threshold must be > this x cohort
 
@@ -28,6 +31,7 @@ node config (flat scalars, since Flower's node config allows nothing else):
     privacy-budget        float  (only when set) the key client/site.py reads for the ledger's cap
     policy-max-delta      float  (only when set)
     policy-require-scrub, policy-allow-augment-under-dp, policy-allow-full-finetune   bool
+    policy-allow-local-models-under-dp   bool
     policy-max-rounds-per-run  int;  policy-secagg-min-cohort  int;  policy-secagg-min-threshold float
 
 `site_policy(node_config)` is the policy to apply: the file's, or the safe defaults above when
@@ -55,11 +59,12 @@ from client.policy_rules import privacy_rules
 KEYS = ("max-epsilon", "base-model-sha256", "task-types", "share-metrics", "min-rows",
         "privacy-budget", "max-delta", "require-scrub", "allow-augment-under-dp",
         "max-rounds-per-run", "allow-full-finetune", "secagg-min-cohort", "secagg-min-threshold",
-        "app-sha256")
+        "app-sha256", "allow-local-models-under-dp")
 # file key -> (SitePolicy field, type) of the scalar keys that travel as `policy-<key>`
 SCALARS = {"require-scrub": ("require_scrub", bool), "allow-augment-under-dp": ("allow_augment_under_dp", bool),
            "max-rounds-per-run": ("max_rounds_per_run", int), "allow-full-finetune": ("allow_full_finetune", bool),
-           "secagg-min-cohort": ("secagg_min_cohort", int), "secagg-min-threshold": ("secagg_min_threshold", float)}
+           "secagg-min-cohort": ("secagg_min_cohort", int), "secagg-min-threshold": ("secagg_min_threshold", float),
+           "allow-local-models-under-dp": ("allow_local_models_under_dp", bool)}
 NODE_KEYS = ("policy-file", "policy-max-epsilon", "policy-base-sha256", "policy-task-types",
              "policy-share-metrics", "policy-min-rows", "policy-max-delta",
              *(f"policy-{k}" for k in SCALARS))
@@ -90,6 +95,7 @@ class SitePolicy:
     allow_full_finetune: bool = True
     secagg_min_cohort: int = 3  # enforced by client/secagg.py
     secagg_min_threshold: float = 0.5  # SecAgg+ threshold must be > this fraction of the cohort
+    allow_local_models_under_dp: bool = False  # local-only / personalized training spends epsilon
     app_sha256: tuple[str, ...] = ()  # accepted run bundles (client/runtime.py); () = the version
     source: str = ""  # the policy file, named in every message
     site: str = ""
