@@ -168,8 +168,9 @@ class Site:
                              run_delta=self.cfg.privacy.delta, dataset=self.fingerprint)
 
     def fit(self, state: dict[str, torch.Tensor], *, server_round: int, run: str = "local",
-            progress: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+            progress: bool = False, proximal: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
         """Load the global state, train this round's local steps, return the new state.
+        `proximal=False`: no FedProx term (the site's local-only model, client/baseline.py).
 
         Under DP the ledger is read from disk, the round is checked against the budget BEFORE
         training (PrivacyBudgetExceeded = refused), and the round is recorded after it."""
@@ -194,7 +195,7 @@ class Site:
             stats = train(self.model, train_split, cfg=self.cfg.train, schedule=sched, rng=rng,
                           pad_id=self.pad_id, progress=progress,
                           desc=f"{self.facts.name} r{server_round}", loss=self.loss,
-                          proximal_mu=self.proximal_mu(self.cfg))
+                          proximal_mu=self.proximal_mu(self.cfg) if proximal else 0.0)
         if not self.cfg.privacy.dp:  # under DP the time tracks the random batch sizes: not released
             stats["train_seconds"] = time.perf_counter() - t0
         return get_state(self.model, exclude=self.exclude), stats
