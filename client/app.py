@@ -15,6 +15,7 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.baseline import joined_metrics
 from client.compress_mod import compression_mod
 from client.errors_mod import site_errors_mod
 from client.guard import EVAL_METRICS, TRAIN_METRICS, VAL_METRICS, outbound_guard_mod
@@ -70,6 +71,8 @@ def evaluate(msg: Message, context: Context) -> Message:
     state = msg.content["arrays"].to_torch_state_dict()
     metrics = site.evaluate(state, split="test", run=run, server_round=rnd)  # limited under DP
     metrics.update(final_audit(site, cfg, rnd))
+    # local-only / personalized models (federation.baselines, personalize-epochs): metrics only
+    metrics.update(joined_metrics(site, cfg, state=state, rnd=rnd, run=run, policy=policy))
     if cfg.federation.early_stopping_patience:  # the coordinator stops on validation, never test
         val = site.evaluate(state, split="val", run=run, server_round=rnd)
         metrics.update({f"val_{k}": v for k, v in val.items() if k in VAL_METRICS})

@@ -26,9 +26,13 @@ EVAL_METRICS = ("mia_auc", "accuracy", "macro_f1", "loss", "auc_roc", "mae", "rm
                 "eval_seconds", "perplexity", "rouge_l", "recall_0", "recall_1", "pr_auc",
                 "threshold")
 VAL_METRICS = ("loss", "accuracy", "macro_f1", "rmse", "mae")
+# What joining bought the site (client/baseline.py): its local-only model's and its personalized
+# adapter's test metrics, as local_<m> / personal_<m> — aggregates of its own test split.
+COMPARED = ("accuracy", "macro_f1", "loss", "mae", "rmse", "perplexity", "rouge_l")
+JOIN_METRICS = tuple(f"{p}_{k}" for p in ("local", "personal") for k in COMPARED)
 ALLOWED_METRICS = frozenset({"num-examples", *TRAIN_METRICS, *EVAL_METRICS,
-                             *(f"val_{k}" for k in VAL_METRICS)})
-EVAL_METRICS += tuple(f"val_{k}" for k in VAL_METRICS)
+                             *(f"val_{k}" for k in VAL_METRICS), *JOIN_METRICS})
+EVAL_METRICS += tuple(f"val_{k}" for k in VAL_METRICS) + JOIN_METRICS
 ALLOWED_CONFIG = {"site": frozenset({"name"})}
 BLOCKED = reason("the site's outbound guard blocked a reply that carried more than adapter arrays "
                  "and whitelisted aggregate metrics; the site's log names what")

@@ -1,6 +1,6 @@
 """CLI for what comes after training: export, predict, report, audit, keygen, release, verify.
 
-    fedtune export  RUN_DIR --out DIR [--int8] [--force] [--device D]
+    fedtune export  RUN_DIR --out DIR [--int8] [--force] [--device D] [--personalized SITE]
     fedtune predict MODEL_DIR --data FILE --out FILE.{csv,jsonl} [--batch-size N] [--text-column COL] [--device D]
     fedtune report  RUN_DIR [--out FILE.html] [--bench DIR ...]
     fedtune audit   RUN_DIR [--max-examples N]
@@ -23,7 +23,10 @@ from pathlib import Path
 def cmd_export(args: argparse.Namespace) -> int:
     from fedtune.export import TOLERANCE, export_run
 
-    meta = export_run(args.run_dir, out=args.out, int8=args.int8, force=args.force, device=args.device)
+    meta = export_run(args.run_dir, out=args.out, int8=args.int8, force=args.force, device=args.device,
+                      personalized=args.personalized)
+    if "personalized" in meta:
+        print(f"export: {meta['personalized']['site']}'s personalized adapter from {meta['source_run']}")
     print(f"export: merged vs adapter max abs logit diff {meta['max_abs_logit_diff']:.3g} (limit {TOLERANCE:g})")
     if args.int8:
         print(f"export: int8 vs adapter max abs logit diff {meta['int8_max_abs_logit_diff']:.3g}, "
@@ -112,6 +115,9 @@ def register(subparsers) -> None:
     p.add_argument("--int8", action="store_true", help="also write a dynamically int8-quantised CPU model")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--device", help="auto | cpu | cuda[:N] for the merge check (default: the run's train.device)")
+    p.add_argument("--personalized", metavar="SITE",
+                   help="export this site's personalized adapter (its site dir, or a simulated site's "
+                        "name under RUN_DIR/sites) instead of the global one (federation.personalize-epochs)")
     p.set_defaults(func=cmd_export)
 
     p = subparsers.add_parser("predict", help="batch predictions for a CSV/JSONL file")

@@ -8,6 +8,11 @@ deploy without fedtune.
     OUT/int8/            (--int8) dynamically int8-quantised Linear layers for CPU inference
     OUT/export.json      provenance: run, base model + sha256, labels, max length, logit diffs
 
+`personalized=SITE` exports a site's personalized adapter instead of the global one (kept at the
+site after a run with federation.personalize-epochs: client/personalize.py): SITE is the site's
+directory, or a simulated site's name under RUN_DIR/sites. A personalized directory
+(<site-dir>/personalized/run-<id>) is itself run-shaped and can also be passed as RUN_DIR.
+
 The whole directory is built under a temporary name and renamed into place; the export is
 refused when merged and adapter logits differ by 1e-4 or more, or when the base model on disk
 is not the one the adapter was trained on (fingerprint in adapter/fedtune.json).
@@ -154,12 +159,27 @@ def refuse_overwrite(out: Path, *, force: bool, protect: Path) -> None:
         raise OutputExistsError(f"--out {out} would replace the run directory {protect}: choose another --out")
 
 
+def personalized_source(run_dir: str | Path, site: str) -> Path:
+    """The personalized adapter directory of `site` (a site dir, or a simulated site's name under
+    RUN_DIR/sites) for the run in RUN_DIR (matched by config hash; the newest when RUN_DIR has no
+    config.toml, e.g. at a site that only has its own directory)."""
+    from client.personalize import find_personalized, run_config_hash
+    from fedtune.report import sites_root
+
+    site_dir = Path(site) if Path(site).is_dir() else sites_root(Path(run_dir)) / site
+    if not site_dir.is_dir():
+        raise ModelError(f"--personalized {site}: no such site directory (nor {site_dir}): pass the "
+                         "site's directory, or a simulated site's name such as site-0")
+    return find_personalized(site_dir, config_hash=run_config_hash(run_dir))
+
+
 def export_run(run_dir: str | Path, *, out: str | Path, int8: bool = False, force: bool = False,
-               tolerance: float = TOLERANCE, device: str | None = None) -> dict:
+               tolerance: float = TOLERANCE, device: str | None = None,
+               personalized: str | None = None) -> dict:
     """Write the export directory (see the module docstring); returns export.json's content.
     The merge and its logit check run on `device` (None = the run's train.device); the saved
     weights are CPU float32 either way, and the int8 model is made and checked on the CPU."""
-    info = load_run(run_dir)
+    info = load_run(personalized_source(run_dir, personalized) if personalized else run_dir)
     out = Path(out)
     refuse_overwrite(out, force=force, protect=info.run_dir)
     dev = resolve_device(device or info.cfg.train.device)
@@ -188,6 +208,8 @@ def export_run(run_dir: str | Path, *, out: str | Path, int8: bool = False, forc
                 "base_model_sha256": info.base_sha256, "max_length": info.cfg.model.max_length,
                 "seed": info.cfg.train.seed, "data": dataclasses.asdict(info.cfg.data),
                 "max_abs_logit_diff": diff, "int8": int8}
+        if (info.run_dir / "personalized.json").is_file():  # a site's personalized adapter
+            meta["personalized"] = json.loads((info.run_dir / "personalized.json").read_text(encoding="utf-8"))
         if int8:
             reloaded.to("cpu")  # dynamic int8 quantisation is a CPU feature
             qmodel = quantize_int8(reloaded)

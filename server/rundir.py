@@ -23,6 +23,7 @@ from common.config import RunConfig
 from common.metrics import weighted_mean
 from server.strategy import RoundLog
 from server.tracking import Trackers, announce
+from server.worst import across_sites, describe_site, describe_spread, joining
 
 HEADLINE = ("accuracy", "macro_f1", "loss", "mae", "rmse")
 
@@ -71,6 +72,9 @@ class RunDir:
                          for s in sorted(set(log.train) | set(log.evaluate))},
             "upload_bytes": sum(log.upload_bytes.values()),
         }
+        # per metric: min / max over sites with their names, spread, worst; joining's gain per site
+        row["worst_site"] = across_sites(log.evaluate, row["evaluate"]) if log.evaluate else {}
+        row["joining"] = joining(log.evaluate) if log.evaluate else {}
         self.history.append(row)
         atomic_write(self.path / "metrics.jsonl",
                      "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.history))
@@ -104,6 +108,8 @@ class RunDir:
             "config_hash": self.cfg.hash(),
             **(last_eval["evaluate"] if last_eval else {}),
             "per_site": {s: v["evaluate"] for s, v in (last_eval or {"per_site": {}})["per_site"].items()},
+            "worst_site": (last_eval or {}).get("worst_site", {}),
+            "joining": (last_eval or {}).get("joining", {}),
             **extra,
         }
         atomic_write(self.path / "summary.json", json.dumps(summary, indent=1, sort_keys=True))
@@ -165,15 +171,18 @@ def format_round(row: dict, *, total_rounds: int) -> str:
     """One concise line per round for the terminal."""
     ev = row["evaluate"]
     head = " ".join(f"{k}={ev[k]:.4f}" for k in HEADLINE if k in ev)
-    sites = " ".join(f"{s}:{v['evaluate'].get('accuracy', v['evaluate'].get('rmse', float('nan'))):.3f}"
+    sites = " ".join(describe_site(s, v["evaluate"])
                      + (f" eps={v['train']['epsilon']:.2f}" if "epsilon" in v["train"] else "")
                      for s, v in row["per_site"].items() if v["evaluate"])
+    spread = describe_spread(row.get("worst_site", {}), HEADLINE)
     loss = row["train"].get("train_loss")
     parts = [f"round {row['round']:>3}/{total_rounds}", f"{row['round_s']:6.1f}s",
              f"sites {len(row['sites_trained'])}",
              f"train_loss={loss:.4f}" if loss is not None else "train_loss=-", head or "(no eval)"]
     if sites:
         parts.append(f"[{sites}]")
+    if spread:
+        parts.append(spread)
     if row["failures"]:
         parts.append(f"FAILED: {'; '.join(row['failures'])}")
     if row.get("rejected"):
