@@ -69,7 +69,7 @@ def aggregation(h, *, updates: int, pool: int = 50) -> dict:
     from server.fastagg import Accumulator
     from server.strategy import Recorded
 
-    coordinator = Recorded(_FedAvg(fraction_train=1.0), max_norm_factor=10.0)
+    coordinator = Recorded(_FedAvg(fraction_train=1.0), fast_mean=True, max_norm_factor=10.0)
     coordinator.current = Accumulator(current)
     t0 = time.perf_counter()
     agg, _ = coordinator.aggregate_train(1, replies)

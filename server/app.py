@@ -22,11 +22,11 @@ from common.model import build_model, count_trainable, model_fingerprint
 from server import checkpoint
 from server.compress import Decompressing
 from server.identity import SiteIdentity
-from server.robust import build_aggregator
 from server.rundir import RunDir, format_round
 from server.secagg import run_secagg
 from server.stopping import EarlyStopping
-from server.strategy import Recorded, RoundLog, server_dp_epsilon
+from server.roundlog import RoundLog
+from server.strategy import Recorded, build_coordinator, server_dp_epsilon
 from server.transport import fast
 
 app = ServerApp()
@@ -125,11 +125,7 @@ class _Federation:
         if identity.registry is not None:
             _say(f"fedtune: sites named by node id from the coordinator's registry {identity.path} "
                  f"({len(identity.registry)} enrolled); names claimed in replies are ignored")
-        strategy = Recorded(build_aggregator(cfg, num_sites=num_sites),
-                            evaluate_every=fed.evaluate_every, num_rounds=fed.rounds,
-                            min_sites=fed.min_sites, max_norm_factor=fed.max_norm_factor,
-                            max_examples=fed.max_examples, max_update_norm=fed.max_update_norm,
-                            weighting=fed.weighting, identity=identity)
+        strategy = build_coordinator(cfg, num_sites=num_sites, identity=identity)
         # Compressed updates are decoded before anything else looks at them (validation included).
         outer = Decompressing(strategy) if cfg.compression.mode != "none" else strategy
         stopper = EarlyStopping(patience=fed.early_stopping_patience,

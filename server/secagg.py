@@ -43,7 +43,7 @@ from common.errors import ConfigError
 from common.model import count_trainable
 from server.identity import SiteIdentity
 from server.rundir import RunDir, atomic_write, format_round
-from server.strategy import RoundLog, _failure
+from server.roundlog import RoundLog, failure_line
 
 QUANTIZATION_RANGE = 2**22  # Flower's default; masks live modulo 2**32
 MODULUS_RANGE = 2**32
@@ -232,7 +232,7 @@ class SecAggFedAvg(FedAvg):
         log, rows = self.log, [r for r in self.grid.rows if r["round"] == self.log.round]
         for r in rows:
             if "error" in r:
-                log.failures.append(_failure(self._name(r["node"]), r["error"], phase=r["asked"]))
+                log.failures.append(failure_line(self._name(r["node"]), r["error"], phase=r["asked"]))
             elif "protocol_bytes" in r:
                 name = self._name(r["node"])
                 log.upload_bytes[name] = log.upload_bytes.get(name, 0) + r["protocol_bytes"]

@@ -1,4 +1,5 @@
-"""Strategy construction and the recording wrapper that gives fedtune its per-site view.
+"""Strategy construction (`build_strategy`: the one factory of aggregation rules, robust rules and
+the server-side DP wrapper) and the recording wrapper that gives fedtune its per-site view.
 
 `Recorded` wraps any Flower Message-API strategy (FedAvg, FedProx, FedAdam, ...) without copying
 its loop: it delegates every call and keeps what each site replied, so the coordinator can write
@@ -6,53 +7,117 @@ per-site metrics and show a per-round table."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import (
     DifferentialPrivacyServerSideFixedClipping,
     FedAdagrad,
     FedAdam,
     FedAvg,
+    FedMedian,
     FedProx,
+    FedTrimmedAvg,
     FedYogi,
     Strategy,
 )
 
 from common.config import RunConfig
+from common.errors import ConfigError
 from server.fastagg import Accumulator
 from server.identity import SiteIdentity
+from server.roundlog import RoundLog, error_reason, failure_line
+from server.validate import (
+    canonical,
+    check_reply,
+    common_metric_keys,
+    guarded_metrics,
+    norm_outliers,
+)
+
+
+def build_coordinator(cfg: RunConfig, *, num_sites: int, identity: SiteIdentity) -> Recorded:
+    """The coordinator's strategy: `build_strategy`'s rule inside `Recorded` (validation, weights,
+    per-site record), with the FedAvg/FedProx mean taken by fastagg when `uses_fast_mean`."""
+    fed = cfg.federation
+    return Recorded(build_strategy(cfg, num_sites=num_sites), fast_mean=uses_fast_mean(cfg),
+                    evaluate_every=fed.evaluate_every, num_rounds=fed.rounds,
+                    min_sites=fed.min_sites, max_norm_factor=fed.max_norm_factor,
+                    max_examples=fed.max_examples, max_update_norm=fed.max_update_norm,
+                    weighting=fed.weighting, identity=identity)
+
+
+def uses_fast_mean(cfg: RunConfig) -> bool:
+    """The fast path, by name: FedAvg and FedProx aggregate by the weighted mean, which `Recorded`
+    sums in server/fastagg.py while it validates (tests/test_fastagg.py: equal to Flower's) —
+    their own `aggregate_train` is then NOT called. So a change to how FedAvg/FedProx aggregate
+    must switch this off. A robust rule or a clipping/DP wrapper always uses its own code."""
+    fed = cfg.federation
+    return (fed.strategy in ("fedavg", "fedprox") and fed.aggregation == "mean"
+            and cfg.privacy.server_noise == 0)
 
 
 def build_strategy(cfg: RunConfig, *, num_sites: int) -> Strategy:
-    """The aggregation strategy named in federation.strategy, over adapter arrays only."""
+    """The one factory of aggregation rules: federation.strategy over adapter arrays, made robust
+    as federation.aggregation asks, wrapped for server-side DP (privacy.server-noise)."""
     fed = cfg.federation
-    common = dict(fraction_train=fed.fraction_train, fraction_evaluate=1.0,
-                  min_train_nodes=fed.min_sites, min_evaluate_nodes=fed.min_sites,
-                  min_available_nodes=fed.min_sites)
-    if fed.strategy == "fedavg":
-        strategy: Strategy = FedAvg(**common)
-    elif fed.strategy == "fedprox":
-        # aggregation is FedAvg's; each site adds mu/2 ||w - w_global||^2 to its local loss
-        # (client/site.py reads federation.proximal-mu; Flower also sends it as "proximal-mu")
-        strategy = FedProx(**common, proximal_mu=fed.proximal_mu)
-    elif fed.strategy == "fedadagrad":
-        strategy = FedAdagrad(**common, eta=fed.server_lr, tau=fed.server_tau)
-    else:
-        strategy = {"fedadam": FedAdam, "fedyogi": FedYogi}[fed.strategy](
-            **common, eta=fed.server_lr, beta_1=fed.server_beta1, beta_2=fed.server_beta2,
-            tau=fed.server_tau)
+    if fed.aggregation in ("median", "trimmed-mean"):
+        return _robust(cfg)
+    strategy = _optimiser(cfg)
     if cfg.privacy.server_noise > 0:
         # Site-level DP at the coordinator: each site's update is clipped to server-clip and
         # Gaussian noise (server-noise x clip) is added to the aggregate (Flower's wrapper).
-        strategy = DifferentialPrivacyServerSideFixedClipping(
-            strategy, noise_multiplier=cfg.privacy.server_noise,
-            clipping_norm=cfg.privacy.server_clip,
-            num_sampled_clients=max(1, round(fed.fraction_train * num_sites)))
+        return _clipped(strategy, cfg, noise=cfg.privacy.server_noise, clip=cfg.privacy.server_clip,
+                        num_sites=num_sites)
+    if fed.aggregation == "norm-clip":  # each update clipped to clip-norm, then averaged: no noise
+        return _clipped(strategy, cfg, noise=0.0, clip=fed.clip_norm, num_sites=num_sites)
     return strategy
+
+
+def _selection(cfg: RunConfig) -> dict:
+    """What every Flower strategy is told about site selection: all sites evaluate."""
+    fed = cfg.federation
+    return dict(fraction_train=fed.fraction_train, fraction_evaluate=1.0,
+                min_train_nodes=fed.min_sites, min_evaluate_nodes=fed.min_sites,
+                min_available_nodes=fed.min_sites)
+
+
+def _optimiser(cfg: RunConfig) -> Strategy:
+    fed, common = cfg.federation, _selection(cfg)
+    if fed.strategy == "fedavg":
+        return FedAvg(**common)
+    if fed.strategy == "fedprox":
+        # aggregation is FedAvg's; each site adds mu/2 ||w - w_global||^2 to its local loss
+        # (client/site.py reads federation.proximal-mu; Flower also sends it as "proximal-mu")
+        return FedProx(**common, proximal_mu=fed.proximal_mu)
+    if fed.strategy == "fedadagrad":
+        return FedAdagrad(**common, eta=fed.server_lr, tau=fed.server_tau)
+    return {"fedadam": FedAdam, "fedyogi": FedYogi}[fed.strategy](
+        **common, eta=fed.server_lr, beta_1=fed.server_beta1, beta_2=fed.server_beta2,
+        tau=fed.server_tau)
+
+
+def _robust(cfg: RunConfig) -> Strategy:
+    """Median (FedMedian) or trimmed mean (FedTrimmedAvg) in place of FedAvg's mean."""
+    fed, mode = cfg.federation, cfg.federation.aggregation
+    if fed.strategy != "fedavg":
+        raise ConfigError(f"federation.aggregation = {mode!r} replaces FedAvg's mean and cannot be "
+                          f"combined with federation.strategy = {fed.strategy!r}: use fedavg")
+    if cfg.privacy.server_noise > 0:
+        raise ConfigError("server-side DP (privacy.server-noise) needs aggregation = mean or "
+                          "norm-clip: a median's sensitivity is not bounded by the clip")
+    if mode == "median":
+        return FedMedian(**_selection(cfg))
+    return FedTrimmedAvg(beta=fed.trim_fraction, **_selection(cfg))
+
+
+def _clipped(strategy: Strategy, cfg: RunConfig, *, noise: float, clip: float,
+             num_sites: int) -> Strategy:
+    """Flower's server-side fixed clipping around `strategy` (noise 0: plain norm clipping)."""
+    return DifferentialPrivacyServerSideFixedClipping(
+        strategy, noise_multiplier=noise, clipping_norm=clip,
+        num_sampled_clients=max(1, round(cfg.federation.fraction_train * num_sites)))
 
 
 def server_dp_epsilon(*, noise_multiplier: float, rounds: int, num_sites: int) -> dict[str, float]:
@@ -67,73 +132,20 @@ def server_dp_epsilon(*, noise_multiplier: float, rounds: int, num_sites: int) -
             "noise_multiplier": noise_multiplier, "rounds": rounds}
 
 
-@dataclass
-class RoundLog:
-    """What the coordinator saw in one round (aggregate metrics only; never site data)."""
-
-    round: int
-    started: float = field(default_factory=time.time)
-    train: dict[str, dict[str, float]] = field(default_factory=dict)  # site -> metrics
-    evaluate: dict[str, dict[str, float]] = field(default_factory=dict)
-    failures: list[str] = field(default_factory=list)
-    rejected: dict[str, str] = field(default_factory=dict)  # site -> why its update was left out
-    upload_bytes: dict[str, int] = field(default_factory=dict)
-    incomplete: bool = False  # fewer than min-sites valid updates: the round is retried
-
-
-def _failure(name: str, reason: str, *, phase: str = "train") -> str:
-    """A site's refusal names the site itself ("site-1 refused: ..."); other errors get the node.
-    `name` is the coordinator's name for the sender; a reason naming someone else is prefixed."""
-    reason = (reason or "unknown error").strip() or "unknown error"
-    first = reason.splitlines()[0]
-    if first.startswith(f"{name} refused: "):
-        return first
-    if " refused: " in first:  # names another site than the one that sent it: keep ours first
-        return f"{name} ({phase}): {first}"
-    return f"{name} ({phase}): {reason.splitlines()[-1] if reason else reason}"
-
-
-def _failure_reason(msg: Message) -> str:
-    try:
-        return str(msg.error.reason)[:2000]
-    except Exception:  # noqa: BLE001 - a reply's error frame is input like any other
-        return "unreadable error reply"
-
-
-def _canonical(msg: Message, *, metrics: dict, weight: float, arrays: ArrayRecord | None) -> None:
-    """Replace a checked reply's content by exactly what the strategy needs: its one ArrayRecord
-    and its numeric metrics with num-examples set to the weight it may have. Nothing else a site
-    put in its reply (record names, extra records) reaches Flower's aggregation."""
-    content = {"metrics": MetricRecord({**metrics, "num-examples": weight})}
-    if arrays is not None:
-        content["arrays"] = arrays
-    msg.content = RecordDict(content)
-
-
-def _common_metric_keys(replies: list[Message]) -> None:
-    """Keep only the metric keys every valid reply has (a site may share fewer metrics by policy,
-    or report epsilon under DP), so Flower's consistency check and weighted averages hold.
-    The full per-site metrics were recorded before this."""
-    records = [next(iter(m.content.metric_records.values())) for m in replies
-               if not m.has_error() and m.content.metric_records]
-    if not records:
-        return
-    common = set(records[0]).intersection(*map(set, records[1:]))
-    for rec in records:
-        for key in [k for k in rec if k not in common]:
-            del rec[key]
-
-
 class Recorded(Strategy):
     """Delegates to `inner`; records per-site replies into `self.rounds`, validates every training
     reply before aggregation, and numbers rounds from `offset` + 1 (the coordinator calls
     `start(num_rounds=1)` once per round so that it can checkpoint, retry and resume)."""
 
-    def __init__(self, inner: Strategy, *, evaluate_every: int = 1, num_rounds: int = 1,
-                 min_sites: int = 1, max_norm_factor: float = 10.0,
+    def __init__(self, inner: Strategy, *, fast_mean: bool = False, evaluate_every: int = 1,
+                 num_rounds: int = 1, min_sites: int = 1, max_norm_factor: float = 10.0,
                  max_examples: int = 10_000_000, max_update_norm: float = 0.0,
                  weighting: str = "examples", identity: SiteIdentity | None = None):
+        if fast_mean and type(inner) not in (FedAvg, FedProx):
+            raise ValueError(f"fast_mean takes FedAvg's weighted mean, but {type(inner).__name__} "
+                             "aggregates its own way: pass fast_mean=False (see uses_fast_mean)")
         self.inner = inner
+        self.fast_mean = fast_mean  # aggregate by server/fastagg.py's mean, not inner's
         self.max_update_norm = max_update_norm
         self.weighting = weighting
         # who sent a reply: the enrolled name for its Flower node id, never its own claim
@@ -162,20 +174,17 @@ class Recorded(Strategy):
         return self.inner.configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]):
-        from server.validate import check_reply, norm_outliers
-
         server_round += self.offset
         log = self._log(server_round)
         acc = self.current if isinstance(self.current, Accumulator) else Accumulator(self.current)
-        # FedAvg / FedProx (exactly: their aggregate is the weighted mean): sum while validating
-        fast = type(self.inner) in (FedAvg, FedProx)
+        fast = self.fast_mean  # sum while validating (uses_fast_mean)
         acc.reset()
         accepted, norms, weights = [], {}, {}
         claimed: dict[str, dict] = {}
         for msg in list(replies):
             name = self.identity.name(msg)
             if msg.has_error():
-                log.failures.append(_failure(name, _failure_reason(msg)))
+                log.failures.append(failure_line(name, error_reason(msg)))
                 continue
             reason = self._refusal(msg, name, seen=claimed)
             verdict = None if reason else check_reply(
@@ -187,7 +196,7 @@ class Recorded(Strategy):
                 continue
             norms[name], claimed[name] = verdict.norm, verdict.metrics
             weights[name] = self._weight(verdict.metrics)
-            _canonical(msg, metrics=verdict.metrics, weight=weights[name],
+            canonical(msg, metrics=verdict.metrics, weight=weights[name],
                        arrays=next(iter(msg.content.array_records.values())))
             accepted.append((name, msg))
             if fast:
@@ -202,7 +211,7 @@ class Recorded(Strategy):
             log.incomplete = True
             return None, None
         replies = [m for _, m in accepted]
-        _common_metric_keys(replies)
+        common_metric_keys(replies)
         if fast:
             if any(name in log.rejected for name in weights):  # summed, then rejected: redo
                 acc.reset()
@@ -233,8 +242,6 @@ class Recorded(Strategy):
         return self.inner.configure_evaluate(server_round, arrays, config, grid)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]):
-        from server.validate import guarded_metrics
-
         server_round += self.offset
         replies = list(replies)
         log = self._log(server_round)
@@ -242,7 +249,7 @@ class Recorded(Strategy):
         for msg in replies:
             name = self.identity.name(msg)
             if msg.has_error():
-                log.failures.append(_failure(name, _failure_reason(msg), phase="evaluate"))
+                log.failures.append(failure_line(name, error_reason(msg), phase="evaluate"))
                 continue
             reason = self._refusal(msg, name, seen=log.evaluate)
             metrics = {}
@@ -253,10 +260,10 @@ class Recorded(Strategy):
                 log.failures.append(f"{name} (evaluate): rejected at the coordinator: {reason}")
                 continue
             log.evaluate[name] = {k: float(v) for k, v in metrics.items()}
-            _canonical(msg, metrics=metrics, weight=self._weight(metrics), arrays=None)
+            canonical(msg, metrics=metrics, weight=self._weight(metrics), arrays=None)
             valid.append(msg)
         replies = valid
         if not replies:
             return None
-        _common_metric_keys(replies)
+        common_metric_keys(replies)
         return self.inner.aggregate_evaluate(server_round, replies)

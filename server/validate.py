@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import ArrayRecord, Message
+from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
 from server.fastagg import Accumulator
 
@@ -118,3 +118,27 @@ def norm_outliers(norms: dict[str, float], *, factor: float) -> dict[str, str]:
         if bound > 0 and values[j] > bound:
             out[site] = f"update norm {values[j]:.3g} exceeds {factor:g} x the other sites' median ({bound:.3g})"
     return out
+
+
+def canonical(msg: Message, *, metrics: dict, weight: float, arrays: ArrayRecord | None) -> None:
+    """Replace a checked reply's content by exactly what the strategy needs: its one ArrayRecord
+    and its numeric metrics with num-examples set to the weight it may have. Nothing else a site
+    put in its reply (record names, extra records) reaches Flower's aggregation."""
+    content = {"metrics": MetricRecord({**metrics, "num-examples": weight})}
+    if arrays is not None:
+        content["arrays"] = arrays
+    msg.content = RecordDict(content)
+
+
+def common_metric_keys(replies: list[Message]) -> None:
+    """Keep only the metric keys every valid reply has (a site may share fewer metrics by policy,
+    or report epsilon under DP), so Flower's consistency check and weighted averages hold.
+    The full per-site metrics were recorded before this."""
+    records = [next(iter(m.content.metric_records.values())) for m in replies
+               if not m.has_error() and m.content.metric_records]
+    if not records:
+        return
+    common = set(records[0]).intersection(*map(set, records[1:]))
+    for rec in records:
+        for key in [k for k in rec if k not in common]:
+            del rec[key]

@@ -45,7 +45,7 @@ def test_fast_mean_equals_flower_fedavg():
     rng = np.random.default_rng(0)
     current = _record(rng, 0.02)
     replies = [_reply(i, _record(rng), n) for i, n in enumerate([5, 17, 40, 3])]
-    rec = Recorded(FedAvg(fraction_train=1.0), max_norm_factor=0)
+    rec = Recorded(FedAvg(fraction_train=1.0), fast_mean=True, max_norm_factor=0)
     rec.current = Accumulator.from_record(current)
     fast, fast_metrics = rec.aggregate_train(1, replies)
     ref, ref_metrics = FedAvg(fraction_train=1.0).aggregate_train(1, replies)
@@ -113,7 +113,7 @@ def test_a_site_rejected_for_its_norm_is_left_out_of_the_mean():
                          for k, v in base.items()}) for _ in range(4)]
     poisoned = ArrayRecord({k: Array(v + 50.0) for k, v in base.items()})
     replies = [_reply(i, r, 10 + i) for i, r in enumerate(good + [poisoned])]
-    rec = Recorded(FedAvg(fraction_train=1.0), max_norm_factor=10.0)
+    rec = Recorded(FedAvg(fraction_train=1.0), fast_mean=True, max_norm_factor=10.0)
     rec.current = Accumulator.from_record(current)
     fast, _ = rec.aggregate_train(1, replies)
     assert list(rec.rounds[1].rejected) == ["site-4"]
@@ -142,3 +142,37 @@ def test_one_piece_and_per_array_paths_agree():
         acc.add(2.0)
         for k, v in acc.mean().items():
             np.testing.assert_allclose(v, rec[k].numpy().astype(np.float32), rtol=1e-5, atol=1e-6)
+
+
+def test_the_fast_path_is_named_and_a_changed_fedavg_is_never_bypassed():
+    """The fast mean is chosen by name (`uses_fast_mean` → `Recorded(fast_mean=...)`), never by
+    looking at the inner strategy's type: an edited FedAvg runs its own aggregate_train, and asking
+    for the fast mean over anything but FedAvg/FedProx is an error, not a silent bypass."""
+    from common.config import resolve
+    from server.identity import SiteIdentity
+    from server.strategy import build_coordinator, uses_fast_mean
+
+    assert uses_fast_mean(resolve(None, []))
+    assert uses_fast_mean(resolve(None, ["federation.strategy=fedprox"]))
+    for sets in (["federation.strategy=fedadam"], ["federation.aggregation=median"],
+                 ["federation.aggregation=norm-clip"], ["privacy.server-noise=0.5"]):
+        assert not uses_fast_mean(resolve(None, sets)), sets
+    coordinator = build_coordinator(resolve(None, []), num_sites=2, identity=SiteIdentity())
+    assert coordinator.fast_mean and type(coordinator.inner) is FedAvg
+
+    class HalfAvg(FedAvg):
+        def aggregate_train(self, server_round, replies):
+            arrays, metrics = super().aggregate_train(server_round, replies)
+            return ArrayRecord({k: Array(a.numpy() * 0.5) for k, a in arrays.items()}), metrics
+
+    with pytest.raises(ValueError, match="fast_mean"):
+        Recorded(HalfAvg(fraction_train=1.0), fast_mean=True)
+    rng = np.random.default_rng(4)
+    current = _record(rng, 0.02)
+    replies = [_reply(i, _record(rng), n) for i, n in enumerate([5, 17])]
+    rec = Recorded(HalfAvg(fraction_train=1.0), max_norm_factor=0)
+    rec.current = Accumulator.from_record(current)
+    got, _ = rec.aggregate_train(1, replies)
+    ref, _ = FedAvg(fraction_train=1.0).aggregate_train(1, replies)
+    for k in ref.keys():
+        np.testing.assert_allclose(got[k].numpy(), 0.5 * ref[k].numpy(), rtol=1e-6, atol=1e-7)

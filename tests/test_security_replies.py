@@ -15,8 +15,7 @@ from flwr.app.message.message import make_message
 
 from common.config import resolve
 from server.identity import REGISTRY_ENV, Enrolled, SiteIdentity, load_registry, save_enrolment
-from server.robust import build_aggregator
-from server.strategy import Recorded
+from server.strategy import Recorded, build_strategy, uses_fast_mean
 
 GLOBAL = {"lora_B": torch.zeros(4, 3), "classifier.weight": torch.ones(2, 3)}
 
@@ -47,7 +46,8 @@ def honest(seed: int) -> dict:
 def recorded(*sets: str, identity: SiteIdentity | None = None) -> Recorded:
     cfg = resolve(None, ["federation.min-sites=2", *sets])
     fed = cfg.federation
-    rec = Recorded(build_aggregator(cfg, num_sites=4), min_sites=2,
+    rec = Recorded(build_strategy(cfg, num_sites=4), fast_mean=uses_fast_mean(cfg),
+                   min_sites=2,
                    max_norm_factor=fed.max_norm_factor, max_examples=fed.max_examples,
                    max_update_norm=fed.max_update_norm, weighting=fed.weighting, identity=identity)
     rec.current = {k: v.numpy() for k, v in GLOBAL.items()}

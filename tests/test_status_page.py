@@ -206,7 +206,7 @@ def test_round_record_to_status_fields(tmp_path):
     """ETA, failures, refusals and rejections as the page shows them, from a real RunDir."""
     from common.config import RunConfig
     from server.rundir import RunDir
-    from server.strategy import RoundLog
+    from server.roundlog import RoundLog
 
     run = RunDir(tmp_path / "run", RunConfig())  # federation.rounds = 3
     log = RoundLog(round=1)

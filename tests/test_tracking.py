@@ -14,7 +14,7 @@ import pytest
 from common.config import RunConfig, from_flat
 from common.errors import ConfigError
 from server.rundir import RunDir
-from server.strategy import RoundLog
+from server.roundlog import RoundLog
 from server.tracking import require, scalars
 
 ROOT = Path(__file__).resolve().parents[1]

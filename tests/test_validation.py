@@ -11,8 +11,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Metadata, MetricRecord, RecordDi
 from flwr.app.message.message import make_message
 
 from common.config import resolve
-from server.robust import build_aggregator
-from server.strategy import Recorded
+from server.strategy import Recorded, build_strategy, uses_fast_mean
 
 GLOBAL = {"lora_B": torch.zeros(4, 3), "classifier.weight": torch.ones(2, 3)}
 
@@ -34,7 +33,8 @@ def honest(seed: int) -> dict:
 
 def _recorded(*sets: str) -> Recorded:
     cfg = resolve(None, ["federation.min-sites=2", *sets])
-    rec = Recorded(build_aggregator(cfg, num_sites=4), min_sites=2,
+    rec = Recorded(build_strategy(cfg, num_sites=4), fast_mean=uses_fast_mean(cfg),
+                   min_sites=2,
                    max_norm_factor=cfg.federation.max_norm_factor)
     rec.current = {k: v.numpy() for k, v in GLOBAL.items()}  # what configure_train records
     return rec
