@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from client.trainer import Encoded, Loss, Schedule, collate, lr_factor, make_optimizer
+from client.trainer import Encoded, Loss, Schedule, collate, make_optimizer
 from common.config import TrainConfig
 from common.device import Accel, place, resolve_device
 from common.errors import ConfigError
@@ -52,10 +52,7 @@ def train_dp(model: torch.nn.Module, data: Encoded, *, cfg: TrainConfig, schedul
     lengths = np.fromiter((len(x) for x in data.ids), dtype=np.int64, count=len(data))
     try:
         for step in tqdm(range(steps), desc="dp-train", disable=not progress, leave=False):
-            factor = lr_factor(schedule.start_step + step, total=schedule.total_steps,
-                               warmup=schedule.warmup_steps, schedule=cfg.schedule)
-            for g in opt.param_groups:
-                g["lr"] = g["base_lr"] * factor
+            schedule.apply(opt, step, kind=cfg.schedule)
             idx = np.flatnonzero(rng.random(len(data)) < sample_rate)
             if len(idx) == 0:
                 # An empty Poisson batch still releases a noisy (pure-noise) update, as the

@@ -111,6 +111,14 @@ class Schedule:
     total_steps: int
     warmup_steps: int
 
+    def apply(self, opt: torch.optim.Optimizer, step: int, *, kind: str) -> None:
+        """Set every parameter group's rate for this round's local step `step` (train.schedule
+        `kind`); each group keeps its own base rate (the head may have its own)."""
+        factor = lr_factor(self.start_step + step, total=self.total_steps,
+                           warmup=self.warmup_steps, schedule=kind)
+        for g in opt.param_groups:
+            g["lr"] = g["base_lr"] * factor
+
 
 def steps_per_round(n_train: int, cfg: TrainConfig) -> int:
     """Optimizer steps per round: each sees train.batch-size x train.grad-accum rows."""
@@ -167,10 +175,7 @@ def train(model: torch.nn.Module, data: Encoded, *, cfg: TrainConfig, schedule: 
     while done < steps:
         for ids, mask, y, _ in batches(data, batch_size=cfg.batch_size * cfg.grad_accum,
                                        shuffle=True, rng=rng, pad_id=pad_id):
-            factor = lr_factor(schedule.start_step + done, total=schedule.total_steps,
-                               warmup=schedule.warmup_steps, schedule=cfg.schedule)
-            for g in opt.param_groups:
-                g["lr"] = g["base_lr"] * factor
+            schedule.apply(opt, done, kind=cfg.schedule)
             step_loss = 0.0
             for k, (m_ids, m_mask, m_y, share) in enumerate(micro_split(ids, mask, y, cfg, loss)):
                 m_ids, m_mask, m_y = accel.move(m_ids, m_mask, m_y)
