@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.data.clean import clean_frame  # noqa: E402
 from common.data.config import DataConfig  # noqa: E402
-from common.data.load import atomic_write_bytes, atomic_write_json  # noqa: E402
+from common.atomic import atomic_write_bytes, atomic_write_json  # noqa: E402
 from common.data.scrub import scrub_frame  # noqa: E402
 from common.data.validate import validate_frame  # noqa: E402
 

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from common.data.load import atomic_write_bytes, atomic_write_json  # noqa: E402
+from common.atomic import atomic_write_bytes, atomic_write_json  # noqa: E402
 from fedtune.export import export_run  # noqa: E402
 from fedtune.predict import predict_file  # noqa: E402
 

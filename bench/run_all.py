@@ -32,7 +32,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from bench import (bench_accuracy, bench_overhead, bench_scale,  # noqa: E402
                    bench_throughput, bench_traffic)
 from bench.harness import Harness, machine  # noqa: E402
-from common.data.load import atomic_write_bytes, atomic_write_json  # noqa: E402
+from common.atomic import atomic_write_bytes, atomic_write_json  # noqa: E402
 
 # accuracy runs first: traffic and overhead reuse its federated runs and baselines
 SECTIONS = {"throughput": bench_throughput, "accuracy": bench_accuracy, "traffic": bench_traffic,

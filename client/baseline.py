@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
@@ -32,6 +30,7 @@ from client.personalize import personalize
 from client.policy import PolicyViolation, SitePolicy
 from client.site import Site
 from common.adapter import get_state
+from common.atomic import atomic_replace
 from common.config import RunConfig
 from common.errors import PrivacyBudgetExceeded
 
@@ -76,11 +75,8 @@ def _load(path: Path, config_hash: str) -> tuple[dict[str, torch.Tensor], int] |
 
 
 def _save(path: Path, state: dict[str, torch.Tensor], rnd: int, config_hash: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    torch.save({"state": state, "round": rnd, "config_hash": config_hash}, tmp)
-    os.replace(tmp, path)
+    with atomic_replace(path) as fh:
+        torch.save({"state": state, "round": rnd, "config_hash": config_hash}, fh)
 
 
 def local_only(site: Site, cfg: RunConfig, *, run: str, upto: int) -> dict[str, float]:

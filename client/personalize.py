@@ -27,7 +27,8 @@ from client.dp_trainer import train_dp
 from client.privacy import secure_rng, secure_seed
 from client.site import Site
 from client.trainer import Schedule, steps_per_round, train
-from common.adapter import atomic_dir, get_state, save_adapter, set_state
+from common.adapter import get_state, save_adapter, set_state
+from common.atomic import atomic_dir
 from common.config import RunConfig, from_flat, load_toml
 from common.errors import ModelError
 

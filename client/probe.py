@@ -14,7 +14,7 @@ import torch
 
 from client.trainer import Encoded, Loss, collate
 from common.config import TrainConfig
-from common.data.load import atomic_write_bytes
+from common.atomic import atomic_write_bytes
 from common.device import accel_for, place
 
 CPU_AUTO = 32  # train.batch-size = auto on a CPU

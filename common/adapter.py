@@ -4,15 +4,13 @@ save that stock `PeftModel.from_pretrained` reads back."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from common.atomic import atomic_dir
 from common.device import to_wire
 from common.errors import ModelError
 
@@ -78,34 +76,6 @@ def state_to_numpy(state: dict[str, torch.Tensor]) -> "OrderedDict[str, np.ndarr
 
 def state_nbytes(state: dict[str, torch.Tensor]) -> int:
     return sum(v.numel() * v.element_size() for v in state.values())
-
-
-def atomic_dir(final: Path):
-    """Context manager: build a directory under a temporary name, then rename it into place."""
-    return _AtomicDir(Path(final))
-
-
-class _AtomicDir:
-    def __init__(self, final: Path):
-        self.final = final
-
-    def __enter__(self) -> Path:
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.final.name}.", dir=self.final.parent))
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        if self.final.exists():
-            old = self.final.with_name(f".{self.final.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(self.final, old)
-            os.replace(self.tmp, self.final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.final)
 
 
 def save_adapter(model: torch.nn.Module, out: Path, *, label_names: list[str],

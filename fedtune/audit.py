@@ -15,7 +15,7 @@ from pathlib import Path
 from client.audit import loss_threshold_auc
 from client.trainer import encode
 from common.data import prepare_site
-from common.data.load import atomic_write_json
+from common.atomic import atomic_write_json
 from common.errors import DataError
 from fedtune.report import sites_root
 

@@ -185,7 +185,7 @@ def _prepared_texts(pred, args: argparse.Namespace) -> tuple[list[str], int]:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from common.data.load import atomic_write_bytes
+    from common.atomic import atomic_write_bytes
     from fedtune.predict import load_predictor
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 
 import fedtune
-from common.adapter import atomic_dir, read_labels
+from common.adapter import read_labels
+from common.atomic import atomic_dir
 from common.config import RunConfig, from_flat, load_toml
 from common.device import model_device, place, resolve_device
 from common.errors import FedtuneError, ModelError

@@ -32,6 +32,7 @@ from client.trainer import (
 )
 from client.probe import resolve_batch_size
 from common.adapter import get_state, save_adapter, set_state
+from common.atomic import PUBLIC, atomic_write_text
 from common.config import ModelConfig, TrainConfig
 from common.device import accel_for, place
 from common.errors import ConfigError
@@ -232,7 +233,5 @@ class FineTuner:
         meta.update(task=self.task_type, threshold=self.threshold,
                     model=dataclasses.asdict(self.model_cfg), train=dataclasses.asdict(self.train_cfg),
                     finetuner={k: v for k, v in self.params.items() if k != "verbose"})
-        tmp = out / ".fedtune.json.tmp"
-        tmp.write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        os.replace(tmp, out / "fedtune.json")
+        atomic_write_text(out / "fedtune.json", json.dumps(meta, indent=1), mode=PUBLIC)
         return out

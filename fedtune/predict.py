@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 
 from client.trainer import batches, encode
 from common.data import DataConfig, clean_text, load_table, scrub_frame, validate_frame
-from common.data.load import atomic_write_bytes, row_ref
+from common.atomic import atomic_write_bytes
+from common.data.load import row_ref
 from common.device import Accel, place, resolve_device
 from common.errors import DataError, ModelError
 from common.metrics import softmax

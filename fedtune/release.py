@@ -30,10 +30,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 import fedtune
-from common.adapter import atomic_dir
+from common.atomic import PUBLIC, atomic_dir, atomic_write_bytes
 from common.config import load_toml
 from common.data import shareable_report
-from common.data.load import atomic_write_bytes
 from common.errors import FedtuneError
 from fedtune.audit import read_audit
 from fedtune.export import OutputExistsError, RunInfo, check_base_model, load_run, refuse_overwrite
@@ -60,15 +59,8 @@ def keygen(out: str | Path, *, force: bool = False) -> tuple[Path, Path]:
     private = Ed25519PrivateKey.generate()
     pem = private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
-    tmp = key_path.with_name(f".{KEY_NAME}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable by others, even briefly
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, key_path)
-    atomic_write_bytes(pub_path, public_pem(private.public_key()))
-    os.chmod(pub_path, 0o644)
+    atomic_write_bytes(key_path, pem)  # 0600 from its first byte: never readable by others
+    atomic_write_bytes(pub_path, public_pem(private.public_key()), mode=PUBLIC)
     return key_path, pub_path
 
 

@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import time
 from pathlib import Path
 from typing import Any
 
 from common.config import load_toml
-from common.data.load import atomic_write_bytes
+from common.atomic import atomic_write_bytes
 from common.errors import DataError
+from common.plots import METRICS, report_figures
 
-METRICS = ("accuracy", "macro_f1", "auc_roc", "loss", "mae", "rmse", "r2")
 CSS = """body{font:14px/1.45 system-ui,-apple-system,'Segoe UI',sans-serif;color:#1d2530;margin:0;background:#f4f6f9}
 main{max-width:1080px;margin:0 auto;padding:24px 28px 48px;background:#fff;min-height:100vh}
 h1{font-size:24px;margin:0 0 4px}h2{font-size:18px;margin:28px 0 8px;border-bottom:2px solid #e3e8ef;padding-bottom:4px}
@@ -124,78 +123,8 @@ def _table(header: list[str], rows: list[list[Any]], classes: dict[tuple[int, in
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _png(fig) -> str:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=96)
-    plt.close(fig)
-    return f"<img alt='plot' src=\"data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}\">"
-
-
-def _plots(rows: list[dict], privacy: dict[str, list[dict]]) -> dict[str, str]:
-    """Section name -> <img> of each plot the data allows."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-
-    out: dict[str, str] = {}
-    ev = [r for r in rows if r.get("evaluate")]
-    rounds = [r["round"] for r in rows]
-    sites = sorted({s for r in rows for s in r.get("per_site", {})})
-    colors = {s: plt.cm.tab10(i % 10) for i, s in enumerate(sites)}
-
-    def finish(ax, **labels) -> None:
-        ax.set(xlabel="round", **labels)
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, framealpha=0.9)
-
-    if ev:
-        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.4))
-        for m in ("accuracy", "macro_f1", "auc_roc", "r2"):
-            if m in ev[-1]["evaluate"]:
-                left.plot([r["round"] for r in ev], [r["evaluate"].get(m) for r in ev], "-o", label=m)
-        for m in ("loss", "rmse", "mae"):
-            if m in ev[-1]["evaluate"]:
-                right.plot([r["round"] for r in ev], [r["evaluate"].get(m) for r in ev], "-o", label=f"test {m}")
-        if any("train_loss" in r.get("train", {}) for r in rows):
-            right.plot(rounds, [r.get("train", {}).get("train_loss") for r in rows], "--s", label="train loss")
-        finish(left, title="weighted test metrics")
-        finish(right, title="loss / error")
-        out["global"] = _png(fig)
-        headline = next(m for m in ("accuracy", "rmse", "loss", *METRICS) if m in ev[-1]["evaluate"])
-        fig, ax = plt.subplots(figsize=(10, 3.4))
-        for s in sites:
-            pts = [(r["round"], r["per_site"].get(s, {}).get("evaluate", {}).get(headline)) for r in ev]
-            pts = [p for p in pts if p[1] is not None]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "-o", color=colors[s], label=s)
-        ax.plot([r["round"] for r in ev], [r["evaluate"][headline] for r in ev], "k--", label="weighted")
-        finish(ax, ylabel=f"test {headline}", title=f"test {headline} per site")
-        out["sites"] = _png(fig)
-    if privacy:
-        fig, ax = plt.subplots(figsize=(10, 3.4))
-        for s, pts in sorted(privacy.items()):
-            ax.plot([p["round"] for p in pts], [p["epsilon"] for p in pts], "-o", color=colors.get(s), label=f"{s} ε")
-            if "epsilon_budget" in pts[-1]:
-                ax.axhline(pts[-1]["epsilon_budget"], color=colors.get(s), ls=":", label=f"{s} budget")
-        ax.set_ylim(bottom=0)
-        finish(ax, ylabel="ε spent (cumulative)", title="privacy budget per site")
-        out["privacy"] = _png(fig)
-    if any(r.get("upload_bytes") for r in rows):
-        fig, ax = plt.subplots(figsize=(10, 3.0))
-        bottom = [0.0] * len(rows)
-        for s in sites:
-            vals = [r.get("per_site", {}).get(s, {}).get("upload_bytes", 0) / 1e6 for r in rows]
-            ax.bar(rounds, vals, bottom=bottom, color=colors[s], label=s)
-            bottom = [b + v for b, v in zip(bottom, vals)]
-        ax.set_ylim(0, max(bottom) * 1.3 or 1)
-        finish(ax, ylabel="MB uploaded", title="bytes sent to the coordinator per round")
-        out["bytes"] = _png(fig)
-    return out
+def _img(png: bytes) -> str:
+    return f"<img alt='plot' src=\"data:image/png;base64,{base64.b64encode(png).decode()}\">"
 
 
 def render_report(run_dir: str | Path, *, bench_dirs: list[Path] | None = None) -> tuple[str, int]:
@@ -206,7 +135,7 @@ def render_report(run_dir: str | Path, *, bench_dirs: list[Path] | None = None) 
     summary_path = run / "summary.json"
     summary = json.loads(summary_path.read_text(encoding="utf-8")) if summary_path.is_file() else {}
     privacy = privacy_series(rows)
-    plots = _plots(rows, privacy)
+    plots = {k: _img(v) for k, v in report_figures(rows, privacy).items()}
     quality = data_quality(run)
     found = baselines(bench_dirs if bench_dirs is not None else [run / "bench" / "results"])
     final = {k: summary[k] for k in METRICS if isinstance(summary.get(k), (int, float))}

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from common.atomic import PUBLIC, atomic_write_csv, atomic_write_text
 from common.config import RunConfig
 from common.data.load import load_table
 from common.errors import DataError, FedtuneError
@@ -17,12 +18,6 @@ from common.partition import partition
 from fedtune import flower
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def prepare_sites(cfg: RunConfig, out: Path) -> RunConfig:
@@ -43,7 +38,7 @@ def prepare_sites(cfg: RunConfig, out: Path) -> RunConfig:
     if cfg.task.type == "classification":
         names = cfg.task.label_names(base_dir=Path.cwd()) or sorted(
             pooled[label_col].dropna().astype(str).unique())
-        _write_atomic(out / "labels.txt", "\n".join(names) + "\n")
+        atomic_write_text(out / "labels.txt", "\n".join(names) + "\n", mode=PUBLIC)
         task = dataclasses.replace(task, labels=f"@{out / 'labels.txt'}")
     parts = partition(pooled, scheme=cfg.simulation.partition, num_sites=cfg.simulation.sites,
                       label_column=label_col, seed=cfg.train.seed)
@@ -51,9 +46,7 @@ def prepare_sites(cfg: RunConfig, out: Path) -> RunConfig:
     for i, part in enumerate(parts):
         site = sites_dir / f"site-{i}"
         site.mkdir(parents=True, exist_ok=True)
-        tmp = site / ".data.csv.tmp"
-        part.to_csv(tmp, index=False)
-        os.replace(tmp, site / "data.csv")
+        atomic_write_csv(site / "data.csv", part, mode=PUBLIC)
     concurrency = cfg.simulation.concurrency or max(1, min(cfg.simulation.sites,
                                                            (os.cpu_count() or 2) // 2))
     threads = cfg.train.threads or max(1, (os.cpu_count() or 1) // concurrency)
@@ -117,11 +110,11 @@ def _run(cfg: RunConfig, *, out: Path, quiet: bool) -> dict:
     flwr_home = out / ".flwr"
     flwr_home.mkdir(exist_ok=True)
     port = flower.free_port()
-    _write_atomic(flwr_home / "config.toml",
-                  f'[superlink]\ndefault = "fedtune"\n\n[superlink.fedtune]\n'
-                  f'address = "127.0.0.1:{port}"\ninsecure = true\n')
+    atomic_write_text(flwr_home / "config.toml",
+                      f'[superlink]\ndefault = "fedtune"\n\n[superlink.fedtune]\n'
+                      f'address = "127.0.0.1:{port}"\ninsecure = true\n', mode=PUBLIC)
     run_config = flwr_home / "run_config.toml"
-    _write_atomic(run_config, cfg.to_toml())
+    atomic_write_text(run_config, cfg.to_toml(), mode=PUBLIC)
     env = flower.flower_env(flwr_home)
     log = flwr_home / "superlink.log"
     superlink = flower.start(

@@ -216,7 +216,7 @@ def tune(space: Space, *, config: str | None, sets: list[str], out: str | Path, 
          accept_dp_spend: bool = False, say=print) -> dict:
     """Run the search; returns tune.json's content (best values, best score, every trial)."""
     from common.config import resolve
-    from common.data.load import atomic_write_bytes, atomic_write_json
+    from common.atomic import atomic_write_bytes, atomic_write_json
 
     optuna = _optuna()
     out = Path(out)

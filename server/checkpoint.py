@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.adapter import atomic_dir
+from common.atomic import atomic_dir
 from common.errors import ConfigError
 
 MOMENTS = ("m_t", "v_t")  # FedOpt-family attributes that carry state between rounds

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from flwr.app import Message
 
+from common.atomic import atomic_write_text
 from common.errors import ConfigError
 
 REGISTRY_ENV = "FEDTUNE_SITE_REGISTRY"
@@ -61,12 +62,7 @@ def save_enrolment(path: Path, entry: Enrolled) -> None:
     reg[entry.node_id] = entry
     rows = [{"node_id": e.node_id, "name": e.name, "public_key_sha256": e.public_key_sha256,
              "max_examples": e.max_examples} for e in sorted(reg.values(), key=lambda e: e.name)]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump({"version": 1, "updated": time.time(), "sites": rows}, fh, indent=1)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps({"version": 1, "updated": time.time(), "sites": rows}, indent=1))
 
 
 def claimed_name(msg: Message) -> str | None:

@@ -13,27 +13,19 @@ import csv
 import io
 import json
 import math
-import os
 import re
-import tempfile
 import time
 from pathlib import Path
 
+from common.atomic import PUBLIC, atomic_write_bytes, atomic_write_text
 from common.config import RunConfig
 from common.metrics import weighted_mean
-from server.strategy import RoundLog
+from common.plots import metric_per_round
+from server.roundlog import RoundLog
 from server.tracking import Trackers, announce
 from server.worst import across_sites, describe_site, describe_spread, joining
 
 HEADLINE = ("accuracy", "macro_f1", "loss", "mae", "rmse")
-
-
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def _weighted(per_site: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -52,7 +44,7 @@ class RunDir:
         self.cfg = cfg
         self.t0 = time.time()
         self.history: list[dict] = []
-        atomic_write(self.path / "config.toml", f"# config hash {cfg.hash()}\n" + cfg.to_toml())
+        atomic_write_text(self.path / "config.toml", f"# config hash {cfg.hash()}\n" + cfg.to_toml())
         announce(self.path)  # the coordinator's status page and /metrics find it
         self.trackers = Trackers(cfg, self.path)  # output.mlflow / output.tensorboard
 
@@ -76,8 +68,8 @@ class RunDir:
         row["worst_site"] = across_sites(log.evaluate, row["evaluate"]) if log.evaluate else {}
         row["joining"] = joining(log.evaluate) if log.evaluate else {}
         self.history.append(row)
-        atomic_write(self.path / "metrics.jsonl",
-                     "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.history))
+        atomic_write_text(self.path / "metrics.jsonl",
+                          "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.history))
         self._write_csv()
         self.trackers.log_round(row)
         return row
@@ -93,7 +85,7 @@ class RunDir:
                         writer.writerow([r["round"], site, phase, k, v])
             for k, v in sorted(r["evaluate"].items()):
                 writer.writerow([r["round"], "weighted", "evaluate", k, v])
-        atomic_write(self.path / "metrics.csv", buf.getvalue())
+        atomic_write_text(self.path / "metrics.csv", buf.getvalue())
 
     def write_summary(self, extra: dict) -> dict:
         """summary.json: the metrics of the round whose adapter is the result (extra["final_round"],
@@ -112,7 +104,7 @@ class RunDir:
             "joining": (last_eval or {}).get("joining", {}),
             **extra,
         }
-        atomic_write(self.path / "summary.json", json.dumps(summary, indent=1, sort_keys=True))
+        atomic_write_text(self.path / "summary.json", json.dumps(summary, indent=1, sort_keys=True))
         self.trackers.finish(summary)  # after adapter/ and summary.json: logged as artifacts
         return summary
 
@@ -132,39 +124,24 @@ class RunDir:
                         rounds.append(r["round"])
         return out
 
-    def write_plots(self) -> None:
-        """accuracy/loss per round (weighted and per site) as PNG; skipped without matplotlib."""
-        try:
-            import matplotlib
-
-            matplotlib.use("Agg")
-            import matplotlib.pyplot as plt
-        except ImportError:
-            return
+    def write_plots(self) -> str:
+        """plots/<metric>.png per round (weighted and per site). A failure is said on the terminal
+        with its fix and returned ("" when written): the run's results stand without plots."""
         rows = [r for r in self.history if r["evaluate"]]
-        if not rows:
-            return
-        (self.path / "plots").mkdir(exist_ok=True)
-        for metric in ("accuracy", "macro_f1", "loss", "rmse"):
-            if metric not in rows[-1]["evaluate"]:
-                continue
-            fig, ax = plt.subplots(figsize=(6, 4))
-            ax.plot([r["round"] for r in rows], [r["evaluate"][metric] for r in rows], "k-o",
-                    label="weighted", linewidth=2)
-            for site in rows[-1]["per_site"]:
-                pts = [(r["round"], r["per_site"].get(site, {}).get("evaluate", {}).get(metric))
-                       for r in rows]
-                pts = [p for p in pts if p[1] is not None]
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "--", alpha=0.7, label=site)
-            ax.set_xlabel("round")
-            ax.set_ylabel(f"test {metric}")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-            fig.tight_layout()
-            tmp = self.path / "plots" / f".{metric}.png"
-            fig.savefig(tmp, dpi=100, format="png")
-            plt.close(fig)
-            os.replace(tmp, self.path / "plots" / f"{metric}.png")
+        try:
+            for metric in ("accuracy", "macro_f1", "loss", "rmse"):
+                if rows and metric in rows[-1]["evaluate"]:
+                    atomic_write_bytes(self.path / "plots" / f"{metric}.png",
+                                       metric_per_round(rows, metric), mode=PUBLIC)
+        except ImportError as err:
+            problem = f"matplotlib cannot be imported ({err}); fix: pip install matplotlib"
+        except Exception as err:  # noqa: BLE001 - plots are a view; metrics.jsonl has the numbers
+            problem = f"{type(err).__name__}: {err}"
+        else:
+            return ""
+        problem = f"plots not written to {self.path / 'plots'}: {problem}"
+        print(f"fedtune: WARNING {problem}", flush=True)
+        return problem
 
 
 def format_round(row: dict, *, total_rounds: int) -> str:

@@ -38,11 +38,12 @@ from flwr.server.strategy import FedAvg
 from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
 
 from common.adapter import save_adapter, set_state, state_nbytes
+from common.atomic import atomic_write_text
 from common.config import RunConfig
 from common.errors import ConfigError
 from common.model import count_trainable
 from server.identity import SiteIdentity
-from server.rundir import RunDir, atomic_write, format_round
+from server.rundir import RunDir, format_round
 from server.roundlog import RoundLog, failure_line
 
 QUANTIZATION_RANGE = 2**22  # Flower's default; masks live modulo 2**32
@@ -263,8 +264,8 @@ def run_secagg(grid, context: Context | None, cfg: RunConfig, *, run_dir: RunDir
     try:
         workflow(audited, legacy)
     finally:
-        atomic_write(run_dir.path / AUDIT_FILE,
-                     "".join(json.dumps(r, sort_keys=True) + "\n" for r in audited.rows))
+        atomic_write_text(run_dir.path / AUDIT_FILE,
+                          "".join(json.dumps(r, sort_keys=True) + "\n" for r in audited.rows))
     set_state(model, strategy.state, exclude=exclude)
     save_adapter(model, run_dir.path / "adapter", label_names=labels, base_fingerprint=base_sha)
     run_dir.write_plots()

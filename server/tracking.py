@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from common.atomic import PUBLIC, atomic_write_text
 from common.config import RunConfig
 from common.errors import ConfigError
 
@@ -79,7 +80,7 @@ class _MLflow:
         run = self.client.create_run(exp_id, run_name=run_dir.resolve().name,
                                      tags={"fedtune.config_hash": cfg.hash()})
         self.run_id = run.info.run_id
-        id_file.write_text(json.dumps({"tracking_uri": uri, "run_id": self.run_id}))
+        atomic_write_text(id_file, json.dumps({"tracking_uri": uri, "run_id": self.run_id}), mode=PUBLIC)
         params = [Param(k, str(v)[:6000]) for k, v in sorted(cfg.to_flat().items())]
         for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
             self.client.log_batch(self.run_id, params=params[i:i + 100])

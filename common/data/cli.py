@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from common.data.config import DataConfig, data_config_from_mapping
-from common.data.load import atomic_write_csv, atomic_write_json
+from common.atomic import atomic_write_csv, atomic_write_json
 from common.data.prepare import prepare_site
 from common.data.report import format_report, shareable_report
 from common.data.validate import TASKS

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,29 +124,3 @@ def record_hashes(frame: pd.DataFrame) -> list[str]:
     cols = sorted(frame.columns)
     rows = zip(*(frame[c].tolist() for c in cols)) if cols else iter(())
     return [hashlib.sha256("\x1f".join(r).encode()).hexdigest()[:20] for r in rows]
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write via a temp file in the same directory + os.replace, so readers never see half a file."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    """Atomically write obj as pretty JSON."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
-
-
-def atomic_write_csv(path: str | os.PathLike[str], frame: pd.DataFrame) -> None:
-    """Atomically write a DataFrame as UTF-8 CSV without the index."""
-    atomic_write_bytes(path, frame.to_csv(index=False).encode("utf-8"))

@@ -20,7 +20,8 @@ import pandas as pd
 from common.data.augment import Augmenter, augment_frame
 from common.data.clean import clean_frame
 from common.data.config import DataConfig, config_hash, split_config, split_fractions
-from common.data.load import RawTable, atomic_write_json, load_table, record_hashes
+from common.atomic import atomic_write_json
+from common.data.load import RawTable, load_table, record_hashes
 from common.data.report import REPORT_SCHEMA, label_summary, length_stats, pii_counts
 from common.data.report import shareable_report  # noqa: F401  (part of this module's contract)
 from common.data.scrub import scrub_frame

@@ -9,7 +9,6 @@ from __future__ import annotations
 import collections
 import ipaddress
 import json
-import os
 import signal
 import socket
 import ssl
@@ -19,6 +18,7 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from common.atomic import PUBLIC, atomic_write_text
 from common.errors import ConfigError, FedtuneError
 from fedtune import flower
 
@@ -63,9 +63,7 @@ def write_connection(flwr_home: Path, *, address: str, ca: Path | None, name: st
     tls = f"root-certificates = {json.dumps(str(ca.resolve()))}\n" if ca else "insecure = true\n"
     text = (f'[superlink]\ndefault = "{name}"\n\n[superlink.{name}]\n'
             f"address = {json.dumps(address)}\n{tls}")
-    tmp = flwr_home / ".config.toml.tmp"
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, flwr_home / "config.toml")
+    atomic_write_text(flwr_home / "config.toml", text, mode=PUBLIC)
 
 
 def ops_env(flwr_home: Path) -> tuple[dict[str, str], str]:

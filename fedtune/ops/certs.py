@@ -37,8 +37,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from common.atomic import PRIVATE, PUBLIC, atomic_write_bytes
 from common.errors import ConfigError
-from fedtune.ops.keys import check_public_key, write_file
+from fedtune.ops.keys import check_public_key
 
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 DEFAULT_SANS = ("127.0.0.1", "localhost")
@@ -151,8 +152,8 @@ def make_certs(out: Path, *, sites: list[str], sans: list[str] | None = None, fo
     ca_crt, ca_key_path = out / "ca" / "ca.crt", out / "ca" / "ca.key"
     if force or not (ca_crt.is_file() and ca_key_path.is_file()):
         ca, ca_key = _make_ca(ca_days)
-        write_file(ca_key_path, _pem_key(ca_key), private=True)
-        write_file(ca_crt, ca.public_bytes(serialization.Encoding.PEM), private=False)
+        atomic_write_bytes(ca_key_path, _pem_key(ca_key), mode=PRIVATE)
+        atomic_write_bytes(ca_crt, ca.public_bytes(serialization.Encoding.PEM), mode=PUBLIC)
         rep.created += [ca_crt, ca_key_path]
         force = True  # a new CA invalidates everything it signed before
     else:
@@ -163,8 +164,8 @@ def make_certs(out: Path, *, sites: list[str], sans: list[str] | None = None, fo
     crt, key = coord / "coordinator.crt", coord / "coordinator.key"
     if force or not (crt.is_file() and key.is_file()):
         cert, ckey = _make_server(ca, ca_key, sans, cert_days)
-        write_file(key, _pem_key(ckey), private=True)
-        write_file(crt, cert.public_bytes(serialization.Encoding.PEM), private=False)
+        atomic_write_bytes(key, _pem_key(ckey), mode=PRIVATE)
+        atomic_write_bytes(crt, cert.public_bytes(serialization.Encoding.PEM), mode=PUBLIC)
         rep.created += [crt, key]
     else:
         have = cert_sans(crt)
@@ -189,11 +190,12 @@ def _site(out: Path, name: str, *, force: bool, rep: CertsReport) -> None:
     priv, pub = folder / f"{name}.key", folder / f"{name}.pub"
     if force or not (priv.is_file() and pub.is_file()):
         key = ec.generate_private_key(ec.SECP384R1())
-        write_file(priv, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                       serialization.NoEncryption()), private=True)
+        atomic_write_bytes(priv, key.private_bytes(serialization.Encoding.PEM,
+                                                   serialization.PrivateFormat.OpenSSH,
+                                                   serialization.NoEncryption()), mode=PRIVATE)
         line = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                              serialization.PublicFormat.OpenSSH)
-        write_file(pub, line + f" fedtune-site-{name}\n".encode(), private=False)
+        atomic_write_bytes(pub, line + f" fedtune-site-{name}\n".encode(), mode=PUBLIC)
         rep.created += [priv, pub]
     else:
         rep.kept.append(priv)

@@ -17,6 +17,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.atomic import PUBLIC, atomic_write_text
 from common.errors import ConfigError, FedtuneError
 from fedtune import flower
 from fedtune.flower import free_port
@@ -201,8 +202,8 @@ def _nginx(files: CoordinatorFiles, *, host: str, port: int, internal: int, work
     conf = proxy.write_conf(folder, proxy.nginx_conf(
         folder=folder, host=host, port=port, upstream_port=internal, cert=files.cert,
         key=files.key, ca=files.ca, upstream_name=name), nginx=nginx)
-    (folder / "coordinator.json").write_text(json.dumps(
-        {"registry": str(workdir / REGISTRY_FILE), "state": str(workdir)}), encoding="utf-8")
+    atomic_write_text(folder / "coordinator.json", json.dumps(
+        {"registry": str(workdir / REGISTRY_FILE), "state": str(workdir)}), mode=PUBLIC)
     front = flower.start(proxy.command(nginx, conf), env=env, log=folder / "nginx.out")
     time.sleep(0.5)
     if front.poll() is not None:

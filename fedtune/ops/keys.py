@@ -23,6 +23,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from common.atomic import PRIVATE, PUBLIC, atomic_write_bytes
 from common.errors import ConfigError
 
 PASSPHRASE_ENV, PASSPHRASE_FILE_ENV = "FEDTUNE_KEY_PASSPHRASE", "FEDTUNE_KEY_PASSPHRASE_FILE"
@@ -58,17 +59,6 @@ def refuse_loose(path: Path, *, what: str = "private key") -> None:
                           f"it. Run `chmod 600 {path}` (owner only), then start again")
 
 
-def write_file(path: Path, data: bytes, *, private: bool) -> None:
-    """Write atomically; private files are created 0600 (never world-readable, not even briefly)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.chmod(tmp, 0o600 if private else 0o644)
-    os.replace(tmp, path)
-
-
 def keygen(*, name: str, out: Path, secret: bytes | None = None, force: bool = False) -> tuple[Path, Path]:
     """Write out/<name>.key (0600; encrypted when `secret`) and out/<name>.pub; returns both."""
     from fedtune.ops.certs import SITE_NAME
@@ -87,10 +77,10 @@ def keygen(*, name: str, out: Path, secret: bytes | None = None, force: bool = F
     else:
         data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
                                  serialization.NoEncryption())
-    write_file(priv, data, private=True)
+    atomic_write_bytes(priv, data, mode=PRIVATE)
     line = key.public_key().public_bytes(serialization.Encoding.OpenSSH,
                                          serialization.PublicFormat.OpenSSH)
-    write_file(pub, line + f" fedtune-site-{name}\n".encode(), private=False)
+    atomic_write_bytes(pub, line + f" fedtune-site-{name}\n".encode(), mode=PUBLIC)
     return priv, pub
 
 
@@ -152,7 +142,8 @@ def load_site_key(key: Path, *, site_dir: Path, secret: bytes | None = None) -> 
         return key
     site_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     plain = site_dir / ".node-auth.key"
-    write_file(plain, private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                        serialization.NoEncryption()), private=True)
+    atomic_write_bytes(plain, private.private_bytes(serialization.Encoding.PEM,
+                                                    serialization.PrivateFormat.OpenSSH,
+                                                    serialization.NoEncryption()), mode=PRIVATE)
     atexit.register(lambda: plain.unlink(missing_ok=True))
     return plain

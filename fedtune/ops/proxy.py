@@ -24,6 +24,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from common.atomic import PUBLIC, atomic_write_text
 from common.errors import ConfigError, FedtuneError
 
 FLEET, CONTROL, HEALTH = "/v1/fleet/", "/v1/control/", "/health"
@@ -125,7 +126,7 @@ def write_conf(folder: Path, text: str, *, nginx: str) -> Path:
     for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
         (folder / "tmp" / sub).mkdir(parents=True, exist_ok=True, mode=0o700)
     conf = folder / "nginx.conf"
-    conf.write_text(text, encoding="utf-8")
+    atomic_write_text(conf, text, mode=PUBLIC)
     check = subprocess.run([nginx, "-t", "-q", "-e", str(folder / "error.log"), "-p", str(folder),
                             "-c", str(conf)], capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL)
     if check.returncode:
