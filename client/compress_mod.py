@@ -13,8 +13,9 @@ so it inspects what actually leaves."""
 
 from __future__ import annotations
 
-import os
-import tempfile
+import logging
+import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -22,10 +23,12 @@ import torch
 from flwr.app import Array, ArrayRecord, Context, Message
 
 from client.site import site_facts
+from common.atomic import atomic_replace
 from common.compress import FEEDBACK_MODES, encode_with_feedback
 from common.config import from_run_config
 from common.errors import COMPRESSION, FedtuneError, ModelError
 
+log = logging.getLogger("fedtune.site")  # the site's own runtime.log, never the coordinator
 
 
 class CompressionFailed(FedtuneError, ValueError):
@@ -40,21 +43,26 @@ def residual_path(site_dir: str | Path, run_id: int) -> Path:
 
 
 def load_residual(path: Path) -> dict[str, torch.Tensor]:
-    """The stored residual ({} when there is none or it is unreadable: feedback restarts)."""
+    """The stored residual; {} when there is none yet. An unreadable one is moved aside as
+    `<name>.corrupt-<time>` and said in the site's log: feedback restarts from zero (the update
+    sent stays correct; only the compression error carried over is lost)."""
+    if not path.exists():
+        return {}
     try:
         with np.load(path, allow_pickle=False) as npz:
             return {k: torch.from_numpy(npz[k].copy()) for k in npz.files}
-    except (OSError, ValueError):
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}")
+        path.replace(aside)
+        log.warning("compression residual %s is unreadable (%s: %s): moved aside as %s; error "
+                    "feedback restarts from zero this round", path, type(err).__name__, err, aside)
         return {}
 
 
 def save_residual(path: Path, residual: dict[str, torch.Tensor]) -> None:
     """Write atomically: a crash mid-write leaves the previous residual."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".residual.", suffix=".npz", dir=path.parent)
-    with os.fdopen(fd, "wb") as fh:
+    with atomic_replace(path) as fh:
         np.savez(fh, **{k: v.numpy() for k, v in residual.items()})
-    os.replace(tmp, path)
 
 
 def compression_mod(msg: Message, ctx: Context, call_next) -> Message:

@@ -24,13 +24,13 @@ import fcntl
 import hashlib
 import json
 import os
-import tempfile
 import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from common.atomic import atomic_write_text, fsync_dir
 from common.errors import REFUSED, FedtuneError
 
 GENESIS = "0" * 64
@@ -50,22 +50,39 @@ def entry_hash(entry: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def _write_marker(path: Path, data: dict[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(data, indent=1, sort_keys=True), durable=True)
+
+
+MARKER_TYPES = {"lineage": str, "site": str, "source": str, "count": int, "head": str}
+RESET_HINT = "reset with `fedtune ledger reset --site-dir DIR --reason ...`"
+
+
+def checked_marker(marker: Any, path: Path) -> dict[str, Any]:
+    """The lineage record as `create`/`append` write it; any other shape is damage, named."""
+    bad = [k for k, t in MARKER_TYPES.items() if not isinstance(marker, dict)
+           or not isinstance(marker.get(k), t) or isinstance(marker.get(k), bool)]
+    if bad or marker["count"] < 0:
+        raise LedgerCorrupt(f"lineage record {path} is damaged ({', '.join(bad) or 'count'} missing or "
+                            f"of the wrong type): restore it from backup, or {RESET_HINT}")
+    return marker
+
+
+def read_format1(path: Path) -> list[dict[str, Any]]:
+    """The spending in an old (format 1) per-fingerprint JSON ledger, checked field by field: a
+    damaged one stops the site rather than being forgotten (its epsilon was really spent)."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_json(path: Path, data: dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=1, sort_keys=True)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        entries = doc.get("entries", []) if isinstance(doc, dict) else None
+        if not isinstance(entries, list):
+            raise ValueError("no list of entries")
+        return [{"file": path.name, "run": str(e["run"]), "round": int(e["round"]),
+                 "noise_multiplier": float(e["noise_multiplier"]),
+                 "sample_rate": float(e["sample_rate"]), "steps": int(e["steps"])} for e in entries]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise LedgerCorrupt(f"old privacy ledger {path} cannot be imported ({type(err).__name__}: "
+                            f"{err}): restore it from backup; only if what it spent is accounted "
+                            "for elsewhere, move it out of that folder") from None
 
 
 class Journal:
@@ -109,7 +126,7 @@ class Journal:
             marker = json.loads(self.marker_path.read_text(encoding="utf-8")) if self.marker_path.is_file() else None
         except (OSError, ValueError):  # it is only ever replaced atomically: damaged, not torn
             raise LedgerCorrupt(f"lineage record {self.marker_path} is unreadable: restore it from "
-                                "backup, or reset with `fedtune ledger reset --site-dir DIR --reason ...`") from None
+                                f"backup, or {RESET_HINT}") from None
         if marker is None:
             if self.path.is_file() and self.path.stat().st_size:
                 raise LedgerCorrupt(f"privacy ledger {self.path} exists but its lineage record {self.marker_path}"
@@ -117,6 +134,7 @@ class Journal:
                                     "reset --site-dir DIR --reason ...`")
             self.marker, self.entries, self._torn = None, [], 0
             return
+        marker = checked_marker(marker, self.marker_path)
         if not self.path.is_file() and int(marker.get("count", 0)) == 0:
             self.marker, self.entries, self._torn = marker, [], 0  # created, nothing written yet
             return
@@ -136,10 +154,13 @@ class Journal:
         entries = []
         for i, line in enumerate(lines):
             try:
-                entries.append(json.loads(line))
+                entry = json.loads(line)
             except ValueError:
-                raise LedgerCorrupt(f"privacy ledger {self.path} line {i + 1} is not JSON: the journal was "
-                                    "edited or damaged; restore it from backup") from None
+                entry = None
+            if not isinstance(entry, dict):
+                raise LedgerCorrupt(f"privacy ledger {self.path} line {i + 1} is not a JSON entry: the "
+                                    "journal was edited or damaged; restore it from backup")
+            entries.append(entry)
         self._verify(entries, marker)
         self.marker, self.entries, self._torn = marker, entries, torn
 
@@ -168,7 +189,7 @@ class Journal:
         assert self._depth and self.marker is None
         lineage = uuid.uuid4().hex
         self.marker = {"lineage": lineage, "site": site, "source": source, "count": 0, "head": GENESIS}
-        _atomic_json(self.marker_path, self.marker)  # first: a journal never exists without it
+        _write_marker(self.marker_path, self.marker)  # first: a journal never exists without it
         return self.append({"kind": "lineage", "lineage": lineage, "site": site, "source": source, **extra})
 
     def append(self, entry: dict[str, Any]) -> dict[str, Any]:
@@ -184,8 +205,8 @@ class Journal:
             fh.write(json.dumps(entry, sort_keys=True, separators=(",", ":")).encode() + b"\n")
             fh.flush()
             os.fsync(fh.fileno())
-        _fsync_dir(self.path.parent)
+        fsync_dir(self.path.parent)
         self.entries.append(entry)
         self.marker.update(count=len(self.entries), head=entry["hash"])
-        _atomic_json(self.marker_path, self.marker)
+        _write_marker(self.marker_path, self.marker)
         return entry

@@ -22,7 +22,7 @@ from typing import Any
 
 from client.accounting import (ACCOUNTANTS, calibrate_noise, compute_epsilon, default_delta,  # noqa: F401
                                secure_rng, secure_seed, server_round_of)
-from client.ledger import Journal, LedgerCorrupt
+from client.ledger import Journal, LedgerCorrupt, checked_marker, read_format1
 from client.policy import PolicyViolation
 from common.errors import PrivacyBudgetExceeded, reason
 
@@ -86,11 +86,8 @@ class PrivacyLedger:
         j = self.journal
         if j.marker is None:
             delta = min(default_delta(self.n), self._max_delta or 1.0, self._run_delta or 1.0)
-            imported = [{"file": old.name, "run": str(e["run"]), "round": int(e["round"]),
-                         "noise_multiplier": float(e["noise_multiplier"]),
-                         "sample_rate": float(e["sample_rate"]), "steps": int(e["steps"])}
-                        for old in sorted((j.site_dir / "ledger").glob("*.json"))  # format 1
-                        for e in json.loads(old.read_text(encoding="utf-8")).get("entries", [])]
+            imported = [e for old in sorted((j.site_dir / "ledger").glob("*.json"))  # format 1
+                        for e in read_format1(old)]
             # old per-fingerprint ledgers are imported IN the first entry: one write, never lost
             j.create(site=self.site, source=self.source,
                      extra={"delta": delta, "accountant": self._accountant,
@@ -295,8 +292,9 @@ def reset_ledger(site_dir: str | Path, *, reason: str) -> str:
         pass
     with journal.locked_raw():
         try:
-            old = json.loads(journal.marker_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            old = checked_marker(json.loads(journal.marker_path.read_text(encoding="utf-8")),
+                                 journal.marker_path)
+        except (OSError, ValueError, LedgerCorrupt):
             raise LedgerCorrupt(f"{journal.marker_path} is unreadable too: move {journal.path.parent} and "
                                 f"{journal.marker_path} aside by hand, then start the site again") from None
         stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -294,3 +294,23 @@ def test_mod_passes_messages_without_adapter_arrays(tmp_path, task_identity):
         msg = Message(RecordDict({"config": ConfigRecord({"x": 1})}), dst_node_id=3, message_type=mtype)
         sentinel = Message(RecordDict({"site": ConfigRecord({"name": "s"})}), reply_to=msg)
         assert compression_mod(msg, ctx, lambda m, c: sentinel) is sentinel
+
+
+@pytest.mark.parametrize("garbage", [b"", b"not an npz at all", b"PK\x03\x04truncated zip"])
+def test_a_corrupt_residual_is_said_and_moved_aside(tmp_path, caplog, garbage):
+    """A residual file that cannot be read is not dropped silently: the site's log names it, the
+    file is kept aside for the operator, and feedback restarts from zero."""
+    import logging
+
+    from client.compress_mod import load_residual, residual_path, save_residual
+
+    path = residual_path(tmp_path, 7)
+    assert load_residual(path) == {}  # none yet: nothing to say
+    save_residual(path, {"w": torch.ones(3)})
+    assert torch.equal(load_residual(path)["w"], torch.ones(3))
+    path.write_bytes(garbage)
+    with caplog.at_level(logging.WARNING, logger="fedtune.site"):
+        assert load_residual(path) == {}
+    assert "unreadable" in caplog.text and str(path) in caplog.text
+    aside = [p for p in path.parent.iterdir() if p.name.startswith(f"{path.name}.corrupt-")]
+    assert len(aside) == 1 and aside[0].read_bytes() == garbage and not path.exists()

@@ -184,3 +184,33 @@ def test_cli_shows_lineage_runs_rounds_and_verification(tmp_path):
     (tmp_path / "lineage.json").unlink()
     broken = _cli("--site-dir", str(tmp_path))
     assert broken.returncode == 2 and "journal verifies: NO" in broken.stderr
+
+
+@pytest.mark.parametrize("marker", ['[]', '{"lineage": "x"}', '{"lineage": "x", "site": "site-a", '
+                                    '"source": "/data/a.csv", "count": "2", "head": "h"}'])
+def test_a_damaged_lineage_record_is_named_not_a_crash(tmp_path, marker):
+    """The lineage record is checked field by field: a wrong shape stops the site with the file
+    named (LedgerCorrupt, code 'refused'), never a TypeError/KeyError from deep inside."""
+    _spend(tmp_path)
+    (tmp_path / "lineage.json").write_text(marker)
+    with pytest.raises(LedgerCorrupt, match="lineage.json is damaged"):
+        _ledger(tmp_path)
+    with pytest.raises(LedgerCorrupt, match="aside by hand"):  # reset cannot guess the lineage
+        reset_ledger(tmp_path, reason="restored by the operator")
+
+
+def test_a_journal_line_that_is_not_an_entry_is_named(tmp_path):
+    _spend(tmp_path)
+    journal = tmp_path / "ledger" / "journal.jsonl"
+    journal.write_text(journal.read_text() + "[1, 2]\n")
+    with pytest.raises(LedgerCorrupt, match=r"journal.jsonl line \d+ is not a JSON entry"):
+        _ledger(tmp_path)
+
+
+@pytest.mark.parametrize("old", ["not json", "[]", '{"entries": [{"run": "old", "round": "x"}]}'])
+def test_a_damaged_old_json_ledger_stops_the_site_instead_of_being_forgotten(tmp_path, old):
+    (tmp_path / "ledger").mkdir()
+    (tmp_path / "ledger" / f"{'ab' * 12}.json").write_text(old)
+    with pytest.raises(LedgerCorrupt, match=f"old privacy ledger .*{'ab' * 12}.json cannot be imported"):
+        _spend(tmp_path)
+    assert not (tmp_path / "lineage.json").exists()  # nothing was started without it
