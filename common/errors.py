@@ -35,6 +35,7 @@ MODEL = 458        # the base model / adapter does not match
 BUNDLE = 459       # the submitted app bundle is not the one this site installed
 INTERNAL = 460     # anything else: details only in the site's log
 
+REFUSALS = frozenset({REFUSED, BUNDLE})  # the site declines the task by its own rule or check
 CODES = {REFUSED: "refused", LEAK: "blocked", COMPRESSION: "compression", DROPPED: "dropped",
          UNMASKABLE: "unmaskable", CONFIG: "config", DATA: "data", MODEL: "model",
          BUNDLE: "bundle", INTERNAL: "internal"}

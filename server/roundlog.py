@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 from flwr.app import Message
 
+from common.errors import REFUSALS
+
 
 @dataclass
 class RoundLog:
@@ -20,7 +22,24 @@ class RoundLog:
     failures: list[str] = field(default_factory=list)
     rejected: dict[str, str] = field(default_factory=dict)  # site -> why its update was left out
     upload_bytes: dict[str, int] = field(default_factory=dict)
+    refused: dict[str, list[str]] = field(default_factory=dict)  # site -> phases, by error code
     incomplete: bool = False  # fewer than min-sites valid updates: the round is retried
+
+
+def note_error(log: RoundLog, name: str, *, reason: str, code: int | None, phase: str) -> None:
+    """An error reply from `name`: its line in `failures`, and, when its code says the site
+    refused (common/errors.py REFUSALS), the phase under `refused` — known by code, not by text."""
+    log.failures.append(failure_line(name, reason, phase=phase))
+    if code in REFUSALS and phase not in log.refused.setdefault(name, []):
+        log.refused[name].append(phase)
+
+
+def error_code(msg: Message) -> int | None:
+    """The numeric code of an error reply (None when unreadable)."""
+    try:
+        return int(msg.error.code)
+    except Exception:  # noqa: BLE001 - a reply's error frame is input like any other
+        return None
 
 
 def failure_line(name: str, reason: str, *, phase: str = "train") -> str:

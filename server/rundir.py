@@ -13,7 +13,6 @@ import csv
 import io
 import json
 import math
-import re
 import time
 from pathlib import Path
 
@@ -57,6 +56,7 @@ class RunDir:
             "sites_trained": sorted(log.train),
             "failures": log.failures,
             "rejected": log.rejected,
+            "refused": log.refused,  # site -> phases it refused (by the replies' error codes)
             "train": _weighted(log.train),
             "evaluate": _weighted(log.evaluate) if log.evaluate else {},
             "per_site": {s: {"train": log.train.get(s, {}), "evaluate": log.evaluate.get(s, {}),
@@ -116,12 +116,8 @@ class RunDir:
                 if "epsilon" in v["train"]:
                     out[site] = {k: v["train"][k] for k in ("epsilon", "delta", "epsilon_budget")
                                  if k in v["train"]}
-            for failure in r["failures"]:  # "<site> (<phase>): <fixed reason>" (server/strategy.py)
-                if "refused" in failure:
-                    site = re.sub(r" \([a-z_]+\)$", "", failure.split(": ", 1)[0])
-                    rounds = out.setdefault(site, {}).setdefault("refused_rounds", [])
-                    if r["round"] not in rounds:  # its train and evaluate refusals: one round
-                        rounds.append(r["round"])
+            for site in r["refused"]:  # its train and evaluate refusals count as one round
+                out.setdefault(site, {}).setdefault("refused_rounds", []).append(r["round"])
         return out
 
     def write_plots(self) -> str:

@@ -44,7 +44,7 @@ from common.errors import ConfigError
 from common.model import count_trainable
 from server.identity import SiteIdentity
 from server.rundir import RunDir, format_round
-from server.roundlog import RoundLog, failure_line
+from server.roundlog import RoundLog, error_code, note_error
 
 QUANTIZATION_RANGE = 2**22  # Flower's default; masks live modulo 2**32
 MODULUS_RANGE = 2**32
@@ -107,7 +107,7 @@ def describe_reply(msg: Message) -> dict:
     many entries lie at or above the quantization range (an unmasked vector has none)."""
     row: dict = {"node": msg.metadata.src_node_id, "type": msg.metadata.message_type}
     if msg.has_error():
-        return row | {"error": msg.error.reason}
+        return row | {"error": msg.error.reason, "code": error_code(msg)}
     content = msg.content
     row["records"] = {name: type(rec).__name__ for name, rec in content.items()}
     row["array_bytes"] = sum(a.count_bytes() for r in content.array_records.values()
@@ -233,7 +233,8 @@ class SecAggFedAvg(FedAvg):
         log, rows = self.log, [r for r in self.grid.rows if r["round"] == self.log.round]
         for r in rows:
             if "error" in r:
-                log.failures.append(failure_line(self._name(r["node"]), r["error"], phase=r["asked"]))
+                note_error(log, self._name(r["node"]), reason=r["error"], code=r["code"],
+                           phase=r["asked"])
             elif "protocol_bytes" in r:
                 name = self._name(r["node"])
                 log.upload_bytes[name] = log.upload_bytes.get(name, 0) + r["protocol_bytes"]

@@ -27,7 +27,7 @@ from common.config import RunConfig
 from common.errors import ConfigError
 from server.fastagg import Accumulator
 from server.identity import SiteIdentity
-from server.roundlog import RoundLog, error_reason, failure_line
+from server.roundlog import RoundLog, error_code, error_reason, note_error
 from server.validate import (
     canonical,
     check_reply,
@@ -184,7 +184,7 @@ class Recorded(Strategy):
         for msg in list(replies):
             name = self.identity.name(msg)
             if msg.has_error():
-                log.failures.append(failure_line(name, error_reason(msg)))
+                note_error(log, name, reason=error_reason(msg), code=error_code(msg), phase="train")
                 continue
             reason = self._refusal(msg, name, seen=claimed)
             verdict = None if reason else check_reply(
@@ -249,7 +249,8 @@ class Recorded(Strategy):
         for msg in replies:
             name = self.identity.name(msg)
             if msg.has_error():
-                log.failures.append(failure_line(name, error_reason(msg), phase="evaluate"))
+                note_error(log, name, reason=error_reason(msg), code=error_code(msg),
+                           phase="evaluate")
                 continue
             reason = self._refusal(msg, name, seen=log.evaluate)
             metrics = {}

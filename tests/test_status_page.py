@@ -216,6 +216,7 @@ def test_round_record_to_status_fields(tmp_path):
                      "c (train): the site could not read its data (code 457)",
                      "a (evaluate): rejected at the coordinator: metric 'x' is not finite"]
     log.rejected["d"] = "update norm 81.2 is 12.0x the median 6.7"
+    log.refused["b"] = ["train"]  # b's reply carried a refusal code (server/roundlog.py note_error)
     run.record_round(log)
     st = run_status(run.path)
     assert st["state"] == "running" and st["round"] == 1 and st["total_rounds"] == 3

@@ -50,17 +50,21 @@ def reason_class(text: str) -> str:
     return text[:60] or "unknown"
 
 
-def split_failure(failure: str) -> tuple[str, str, str]:
+def split_failure(failure: str, refused: dict[str, list[str]] | None = None) -> tuple[str, str, str]:
     """(site, kind, reason) of one entry of a round record's `failures`: kind is "refused" (the
-    site's own policy or privacy budget), "rejected" (the coordinator's check of an evaluate reply)
-    or "failed" (an error reply or a timeout)."""
+    site declined by its own rule: the record's `refused`, kept by error code), "rejected" (the
+    coordinator's check of an evaluate reply) or "failed" (an error reply or a timeout). Records
+    written before `refused` existed (refused=None) are read by their text."""
     if " refused: " in failure and "): " not in failure.split(" refused: ", 1)[0]:
-        site, reason = failure.split(" refused: ", 1)
-        return site, "refused", reason
+        site, reason = failure.split(" refused: ", 1)  # "<site> refused: <reason>"
+        return site, "refused" if refused is None or site in refused else "failed", reason
     site, _, reason = failure.partition(": ")
     site = site.split(" (", 1)[0]
     if reason.startswith("rejected at the coordinator: "):
         return site, "rejected", reason.split(": ", 1)[1]
+    if refused is not None:
+        return (site, "refused", reason.split("refused: ", 1)[-1]) if site in refused else \
+            (site, "failed", reason)
     if " refused: " in reason or reason.startswith("refused"):
         return site, "refused", reason.split("refused: ", 1)[-1]
     return site, "failed", reason
@@ -71,7 +75,7 @@ def events(rows: list[dict]) -> list[dict[str, Any]]:
     out = []
     for row in rows:
         for failure in row.get("failures", []):
-            site, kind, reason = split_failure(str(failure))
+            site, kind, reason = split_failure(str(failure), row.get("refused"))
             out.append({"round": row["round"], "site": site, "kind": kind, "reason": reason})
         for site, reason in sorted(row.get("rejected", {}).items()):
             out.append({"round": row["round"], "site": site, "kind": "rejected", "reason": str(reason)})
