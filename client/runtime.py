@@ -15,6 +15,8 @@ what code runs next to the site's data. This runtime instead:
 - runs the LOCALLY INSTALLED `client.app.app` in this process (the bundle's code is never
   installed, imported or executed), so the site's prepared data, tokenised splits and model stay
   warm across messages and rounds (client/site.py),
+- unpacks the message's arrays when the coordinator packed them into one blob (client/wire.py:
+  a few requests per message instead of one per array) and packs the reply's the same way,
 - pushes the reply; whatever fails, only a code and a fixed reason leave (client/errors_mod.py).
 
 It uses Flower's runtime helpers (`push_message`, `push_task_output`; the pull is
@@ -36,6 +38,7 @@ from pathlib import Path
 from flwr.app import Message
 
 from client.errors_mod import error_reply
+from client.wire import is_packed, pack_reply, unpack_message
 from common.errors import BUNDLE, FedtuneError
 
 log = logging.getLogger("fedtune.site")
@@ -194,7 +197,11 @@ class SiteRuntime:
     def _run(self, message: Message, context, run, fab) -> Message:
         try:
             check_bundle(run, fab, self.installed)
-            return self.app(message=message, context=context)
+            packed = is_packed(message)  # the coordinator packed the arrays: client/wire.py
+            if packed:
+                unpack_message(message)
+            reply = self.app(message=message, context=context)
+            return pack_reply(reply) if packed else reply  # after the guard passed it
         except BundleRefused as err:
             log.warning("runtime: %s — nothing was run", err)
             print(f"fedtune site: REFUSED run {run.run_id}: its bundle is not this site's "

@@ -98,8 +98,9 @@ def start(*, coordinator: str, ca: Path | None, key: Path | None, data: Path, si
               flush=True)
     env, marker = ops_env(site_dir / "flwr-home")
     secret = _new_secret(site_dir / "runtime.secret")
-    cmd = ["flower-supernode", "--superlink", f"{host}:{cport}", "--host", "127.0.0.1",
-           "--port", str(port), "--isolation", "process",
+    # Flower's SuperNode with shorter idle waits (client/supernode.py); same arguments
+    cmd = [sys.executable, "-P", "-m", "client.supernode", "--superlink", f"{host}:{cport}",
+           "--host", "127.0.0.1", "--port", str(port), "--isolation", "process",
            "--superexec-auth-secret-file", str(site_dir / "runtime.secret"),
            "--node-config", str(site_dir / "node-config.toml")]
     if insecure:
