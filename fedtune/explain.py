@@ -17,7 +17,6 @@ DIR/explain.json, each via a temp name + rename. Captum is an optional extra: `f
 
 from __future__ import annotations
 
-import argparse
 import html
 import json
 import os
@@ -163,65 +162,51 @@ def format_table(explanations: list[Explanation], *, top: int) -> str:
 
 
 # ---- CLI --------------------------------------------------------------------------------------
-def _prepared_texts(pred, args: argparse.Namespace) -> tuple[list[str], int]:
+def _prepared_texts(pred, *, texts: list[str], data: str | None, text_column: str | None,
+                    max_rows: int) -> tuple[list[str], int]:
     import dataclasses
 
     from common.data import clean_text, scrub_texts
     from fedtune.predict import read_input
 
-    if args.data:
-        if args.text_column:
-            pred.data = dataclasses.replace(pred.data, text_column=args.text_column, template="")
-        frame, _ = read_input(args.data, pred=pred)
+    if data:
+        if text_column:
+            pred.data = dataclasses.replace(pred.data, text_column=text_column, template="")
+        frame, _ = read_input(data, pred=pred)
         texts = frame["text"].tolist()
-        return texts[:args.max_rows], len(texts)
-    texts = [clean_text(t) for t in args.text]
+        return texts[:max_rows], len(texts)
+    texts = [clean_text(t) for t in texts]
     for n, t in enumerate(texts, start=1):
         if not t:
             raise DataError(f"--text #{n} is empty after cleaning; fix: give a non-empty text")
     if pred.data.scrub_pii:
         texts, _ = scrub_texts(texts, date_policy=pred.data.date_policy)
-    return texts[:args.max_rows], len(texts)
+    return texts[:max_rows], len(texts)
 
 
-def cmd_explain(args: argparse.Namespace) -> int:
+def explain_to(model_dir: str, *, texts: list[str], data: str | None, text_column: str | None,
+               out: Path, top: int, steps: int, max_rows: int, device: str | None) -> None:
+    """`fedtune explain`: attributions for `texts` or the texts of `data`, printed as a table and
+    written to OUT/explain.html and OUT/explain.json."""
     from common.atomic import atomic_write_bytes
     from fedtune.predict import load_predictor
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if bool(args.text) == bool(args.data):
+    if bool(texts) == bool(data):
         raise ConfigError("fedtune explain needs texts: give --text TEXT (repeatable) or --data FILE, not both")
-    out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} is a file; fix: pass a directory (explain.html and explain.json go in it)")
     _lig_class()  # fail before loading a model when Captum is missing
-    pred = load_predictor(args.model_dir, device=args.device)
+    pred = load_predictor(model_dir, device=device)
     if pred.task not in ("classification", "regression"):
         raise ConfigError(f"fedtune explain supports classification and regression models, not {pred.task!r}")
-    texts, total = _prepared_texts(pred, args)
-    explanations = explain_texts(pred, texts, steps=args.steps)
-    print(format_table(explanations, top=args.top))
-    if total > len(texts):
-        print(f"explained the first {len(texts)} of {total} texts (--max-rows {args.max_rows})")
-    atomic_write_bytes(out / "explain.html", render_html(explanations, model=str(args.model_dir)).encode("utf-8"))
-    doc = {"model": str(args.model_dir), "method": f"captum LayerIntegratedGradients, {args.steps} steps",
+    shown, total = _prepared_texts(pred, texts=texts, data=data, text_column=text_column, max_rows=max_rows)
+    explanations = explain_texts(pred, shown, steps=steps)
+    print(format_table(explanations, top=top))
+    if total > len(shown):
+        print(f"explained the first {len(shown)} of {total} texts (--max-rows {max_rows})")
+    atomic_write_bytes(out / "explain.html", render_html(explanations, model=str(model_dir)).encode("utf-8"))
+    doc = {"model": str(model_dir), "method": f"captum LayerIntegratedGradients, {steps} steps",
            "explanations": [asdict(e) for e in explanations]}
     atomic_write_bytes(out / "explain.json", (json.dumps(doc, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
     print(f"explain: wrote {out / 'explain.html'} and {out / 'explain.json'}")
-    return 0
-
-
-def register(subparsers) -> None:
-    """Add `explain` to the main `fedtune` parser."""
-    p = subparsers.add_parser("explain", help="token attributions for the global model's predictions (at a site)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model_dir", metavar="MODEL_DIR", help="run directory or `fedtune export` directory")
-    p.add_argument("--text", action="append", default=[], help="a text to explain (repeatable)")
-    p.add_argument("--data", help="CSV/TSV/JSONL/Parquet file of texts (the run's text column)")
-    p.add_argument("--text-column", help="text column of --data (default: the run's)")
-    p.add_argument("--out", required=True, help="directory for explain.html and explain.json")
-    p.add_argument("--top", type=int, default=5, help="tokens listed per text in the table (default 5)")
-    p.add_argument("--steps", type=int, default=32, help="integrated-gradients steps (default 32)")
-    p.add_argument("--max-rows", type=int, default=50, help="explain at most this many texts (default 50)")
-    p.add_argument("--device", help="auto | cpu | cuda[:N] (default: the run's)")
-    p.set_defaults(func=cmd_explain)

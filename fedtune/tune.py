@@ -35,7 +35,6 @@ SPACE.toml:
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tomllib
@@ -275,31 +274,3 @@ def tune(space: Space, *, config: str | None, sets: list[str], out: str | Path, 
               "dp_total_epsilon_per_site": dp_total, "trials": records}
     atomic_write_json(out / "tune.json", result)
     return result
-
-
-def cmd_tune(args: argparse.Namespace) -> int:
-    space = load_space(args.space)
-    if args.trials:
-        import dataclasses
-
-        space = dataclasses.replace(space, trials=args.trials)
-    result = tune(space, config=args.config, sets=args.set, out=args.out, runner=args.runner,
-                  accept_dp_spend=args.accept_dp_spend)
-    print(f"tune: best {result['metric']} {result['best_score']:.4f} (defaults {result['defaults_score']}) "
-          f"with {result['best']} -> {Path(args.out) / 'best.toml'}, trials.csv, tune.json")
-    return 0
-
-
-def register(subparsers) -> None:
-    """Add `tune` to the main `fedtune` parser."""
-    p = subparsers.add_parser("tune", help="federated hyperparameter search (Optuna, validation metric)",
-                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--space", required=True, help="TOML search space ([tune] and [tune.space.\"KEY\"] tables)")
-    p.add_argument("--config", help="TOML run config the trials start from")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override (repeatable)")
-    p.add_argument("--out", required=True, help="directory for trials/, best.toml, trials.csv, tune.json")
-    p.add_argument("--trials", type=int, help="override tune.trials")
-    p.add_argument("--runner", choices=["inproc", "flower"], default="inproc",
-                   help="inproc (default, fast: fedtune's coordinator + ClientApp in one process) or flower")
-    p.add_argument("--accept-dp-spend", action="store_true", help="under DP: accept spending trials x epsilon")
-    p.set_defaults(func=cmd_tune)

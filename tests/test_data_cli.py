@@ -1,24 +1,13 @@
 """`fedtune prepare` CLI: outputs, config/--set/--labels parsing, exit code 2 with a clear message."""
 
-import argparse
 import hashlib
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 
-from common.data.cli import add_prepare_parser, run_prepare
+from fedtune.cli import main
+from tests.simhelp import ROOT, run
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def parse(argv):
-    parser = argparse.ArgumentParser(prog="fedtune")
-    add_prepare_parser(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(argv)
 
 
 def make_csv(tmp_path):
@@ -34,8 +23,8 @@ def test_prepare_writes_splits_report_and_keeps_input(tmp_path, capsys):
     before = hashlib.sha256(data.read_bytes()).hexdigest()
     labels = tmp_path / "labels.txt"
     labels.write_text("card\nloan\n")
-    code = run_prepare(parse(["prepare", "--data", str(data), "--out", str(out), "--labels", str(labels),
-                              "--seed", "3", "--set", "data.date_policy=shift"]))
+    code = main(["prepare", "--data", str(data), "--out", str(out), "--labels", str(labels),
+                              "--seed", "3", "--set", "data.date_policy=shift"])
     assert code == 0
     assert hashlib.sha256(data.read_bytes()).hexdigest() == before
     frames = {n: pd.read_csv(out / f"{n}.csv") for n in ("train", "val", "test")}
@@ -53,8 +42,8 @@ def test_toml_config_and_comma_labels(tmp_path):
     data, out = make_csv(tmp_path), tmp_path / "out"
     cfg = tmp_path / "run.toml"
     cfg.write_text('[data]\nsplit = "0.5,0.5,0"\nscrub_pii = false\n[train]\nlr = 0.1\n')
-    assert run_prepare(parse(["prepare", "--data", str(data), "--out", str(out), "--config", str(cfg),
-                              "--labels", "card,loan"])) == 0
+    assert main(["prepare", "--data", str(data), "--out", str(out), "--config", str(cfg),
+                              "--labels", "card,loan"]) == 0
     assert len(pd.read_csv(out / "test.csv")) == 0
     assert "2019-03-01" in " ".join(pd.read_csv(out / "train.csv")["text"].tolist()
                                     + pd.read_csv(out / "val.csv")["text"].tolist())
@@ -64,12 +53,12 @@ def test_config_errors_exit_2(tmp_path, capsys):
     data, out = make_csv(tmp_path), tmp_path / "out"
     cfg = tmp_path / "bad.toml"
     cfg.write_text('[data]\ntext_col = "text"\n')
-    assert run_prepare(parse(["prepare", "--data", str(data), "--out", str(out), "--config", str(cfg)])) == 2
+    assert main(["prepare", "--data", str(data), "--out", str(out), "--config", str(cfg)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "'text_col'" in err and "text_column" in err and "label_column" in err
-    assert run_prepare(parse(["prepare", "--data", str(data), "--out", str(out), "--set", "min_chars=3"])) == 2
+    assert err.startswith("error: ") and "data.text_col" in err and "text-column" in err and "label-column" in err
+    assert main(["prepare", "--data", str(data), "--out", str(out), "--set", "min_chars=3"]) == 2
     assert "data.KEY=VALUE" in capsys.readouterr().err
-    assert run_prepare(parse(["prepare", "--data", str(data), "--out", str(out), "--labels", "card"])) == 2
+    assert main(["prepare", "--data", str(data), "--out", str(out), "--labels", "card"]) == 2
     assert "'loan' is not in the federation's label space" in capsys.readouterr().err
     assert not (out / "train.csv").exists()
 
@@ -78,14 +67,11 @@ def test_module_entry_point_exits_nonzero_on_bad_file(tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_bytes("text,label\ncaf\xe9,a\n".encode("latin-1"))
     before = hashlib.sha256(bad.read_bytes()).hexdigest()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-m", "common.data.cli", "prepare", "--data", str(bad),
-                           "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=ROOT, env=env,
-                          timeout=60)
+    env = {"PYTHONPATH": str(ROOT)}
+    proc = run("prepare", "--data", str(bad), "--out", str(tmp_path / "o"), extra_env=env, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "not valid UTF-8" in proc.stderr and "re-save" in proc.stderr
     assert hashlib.sha256(bad.read_bytes()).hexdigest() == before
-    missing = subprocess.run([sys.executable, "-m", "common.data.cli", "prepare", "--data",
-                              str(tmp_path / "none.csv"), "--out", str(tmp_path / "o")],
-                             capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    missing = run("prepare", "--data", str(tmp_path / "none.csv"), "--out", str(tmp_path / "o"),
+                  extra_env=env, timeout=60)
     assert missing.returncode == 2 and "does not exist" in missing.stderr

@@ -4,8 +4,8 @@ import dataclasses
 
 import pytest
 
-from common.data.config import (DataConfig, augment_ops, config_hash, data_config_from_mapping, from_flat,
-                                split_fractions, to_flat)
+from common.config import RunConfig, from_flat
+from common.data.config import DataConfig, augment_ops, config_hash, split_fractions
 from common.errors import ConfigError
 
 
@@ -58,20 +58,21 @@ def test_augment_spec_parses():
 
 
 def test_mapping_coerces_strings_and_rejects_unknown_keys():
-    cfg = data_config_from_mapping({"min_chars": "3", "scrub_pii": "false", "split": "0.8,0.1,0.1"})
+    """[data] is parsed like every section (common/config.py): one dialect, one coercion."""
+    cfg = from_flat({"data.min-chars": "3", "data.scrub-pii": "false", "data.split": "0.8,0.1,0.1"}).data
     assert cfg.min_chars == 3 and cfg.scrub_pii is False
     with pytest.raises(ConfigError) as err:
-        data_config_from_mapping({"text_colum": "x"})
-    assert "text_colum" in str(err.value) and "text_column" in str(err.value) and "label_column" in str(err.value)
-    with pytest.raises(ConfigError, match="min_chars"):
-        data_config_from_mapping({"min_chars": "three"})
+        from_flat({"data.text-colum": "x"})
+    assert "text-colum" in str(err.value) and "text-column" in str(err.value) and "label-column" in str(err.value)
+    with pytest.raises(ConfigError, match="min-chars"):
+        from_flat({"data.min-chars": "three"})
 
 
 def test_flat_round_trip_and_hash_stability():
     cfg = DataConfig(group_column="patient", augment="swap:0.1")
-    flat = to_flat(cfg)
-    assert flat["data.group_column"] == "patient"
-    assert from_flat({**flat, "train.lr": 0.1}) == cfg
+    flat = RunConfig(data=cfg).to_flat()
+    assert flat["data.group-column"] == "patient"
+    assert from_flat(flat).data == cfg
     copy = DataConfig(**dataclasses.asdict(cfg))
     assert config_hash(dataclasses.asdict(cfg)) == config_hash(dataclasses.asdict(copy))
     assert config_hash({"a": 1}) != config_hash({"a": 2})

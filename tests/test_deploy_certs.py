@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from cryptography.hazmat.primitives.serialization import (load_pem_private_key, 
 from common.errors import ConfigError
 from fedtune.ops.certs import cert_sans, make_certs, parse_sites
 from fedtune.cli import main
+from tests import simhelp
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -90,8 +89,7 @@ def test_cli_prints_handout(tmp_path, capsys):
 
 
 def test_ops_help_runs_as_module():
-    proc = subprocess.run([sys.executable, "-m", "fedtune.ops.cli", "--help"], capture_output=True,
-                          text=True, timeout=60, cwd=ROOT)
+    proc = simhelp.run("--help", timeout=60)
     assert proc.returncode == 0 and "coordinator" in proc.stdout
 
 

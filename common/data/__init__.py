@@ -10,7 +10,7 @@ Flower-free and torch-free. The public API:
 
 from common.data.augment import Augmenter, augment_frame, load_synonyms
 from common.data.clean import clean_frame, clean_text, dedupe_key
-from common.data.config import (DataConfig, data_config_from_mapping, from_flat, to_flat)
+from common.data.config import DataConfig
 from common.data.load import RawTable, load_table
 from common.data.prepare import PreparedSite, fingerprint_frame, prepare_site
 from common.data.report import format_report, shareable_report
@@ -20,8 +20,7 @@ from common.data.validate import validate_frame
 
 __all__ = [
     "Augmenter", "DataConfig", "PII_TYPES", "PreparedSite", "RawTable", "Scrubber", "assign_splits",
-    "augment_frame", "clean_frame", "clean_text", "data_config_from_mapping", "dedupe_key",
-    "fingerprint_frame", "format_report", "from_flat", "iban_ok", "load_synonyms", "load_table",
-    "luhn_ok", "prepare_site", "scrub_frame", "scrub_texts", "shareable_report", "to_flat",
-    "validate_frame",
+    "augment_frame", "clean_frame", "clean_text", "dedupe_key", "fingerprint_frame",
+    "format_report", "iban_ok", "load_synonyms", "load_table", "luhn_ok", "prepare_site",
+    "scrub_frame", "scrub_texts", "shareable_report", "validate_frame",
 ]

@@ -1,7 +1,8 @@
-"""The site data pipeline's one typed config: defaults, validation and flat/TOML/CLI parsing.
+"""The site data pipeline's typed config: defaults, help text and validation.
 
 Every field is a scalar (str/int/float/bool) so the config mirrors 1:1 into Flower's flat run
-config as ``data.<field>``. Bad values raise ConfigError naming the field, the value and the fix.
+config as `data.<field>` (kebab-case, parsed like every section by common/config.py). Bad values
+raise ConfigError naming the field, the value and the fix.
 """
 
 from __future__ import annotations
@@ -146,48 +147,6 @@ def augment_ops(spec: str) -> list[tuple[str, float]]:
             _bad("augment", spec, f"{item!r} needs a probability in (0, 1]", 'write e.g. "synonym:0.1,swap:0.1"')
         ops.append((name.strip(), p))
     return ops
-
-
-def _coerce(name: str, kind: str, value: Any) -> Any:
-    """Turn strings (CLI --set, env) into the field's type; leave typed values for __post_init__."""
-    if not isinstance(value, str) or kind == "str":
-        return value
-    text = value.strip()
-    if kind == "bool":
-        if text.lower() in ("true", "1", "yes", "on"):
-            return True
-        if text.lower() in ("false", "0", "no", "off"):
-            return False
-    try:
-        return {"int": int, "float": float}[kind](text)
-    except (KeyError, ValueError):
-        _bad(name, value, f"cannot read as {kind}", f"write a {kind}, e.g. data.{name}=...")
-
-
-def data_config_from_mapping(values: Mapping[str, Any], *, source: str = "config") -> DataConfig:
-    """Build a DataConfig from a plain mapping (TOML ``[data]`` table, --set pairs).
-
-    Unknown keys raise ConfigError naming the key and listing the valid ones; string values are
-    converted to each field's type.
-    """
-    kinds = {f.name: str(f.type) for f in dataclasses.fields(DataConfig)}
-    unknown = [k for k in values if k not in kinds]
-    if unknown:
-        close = difflib.get_close_matches(unknown[0], list(kinds), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"{source}: unknown data key {unknown[0]!r}{hint}; valid keys: {', '.join(kinds)}")
-    return DataConfig(**{k: _coerce(k, kinds[k], v) for k, v in values.items()})
-
-
-def to_flat(cfg: DataConfig, *, prefix: str = "data.") -> dict[str, Any]:
-    """Mirror the config into Flower's flat run-config shape: {"data.text_column": "text", ...}."""
-    return {prefix + k: v for k, v in dataclasses.asdict(cfg).items()}
-
-
-def from_flat(run_config: Mapping[str, Any], *, prefix: str = "data.") -> DataConfig:
-    """Read the ``data.*`` keys of a flat run config (other prefixes are ignored)."""
-    picked = {k[len(prefix):]: v for k, v in run_config.items() if k.startswith(prefix)}
-    return data_config_from_mapping(picked, source="run config")
 
 
 def split_config(cfg: DataConfig, *, task: str, label_names: list[str] | None) -> dict[str, Any]:

@@ -8,7 +8,6 @@ every route is GET-only and reads the run directories, never a site's data."""
 
 from __future__ import annotations
 
-import argparse
 import hmac
 import ipaddress
 import json
@@ -153,41 +152,6 @@ def _handler(server: StatusServer) -> type[BaseHTTPRequestHandler]:
 def _brief(path: Path) -> dict:
     st = run_status(path)
     return {k: st[k] for k in ("state", "round", "total_rounds")}
-
-
-# ---- command-line flags, shared by simulate / coordinator start / report --serve / site start --
-def add_args(p: argparse.ArgumentParser, *, name: str = "status", default_port: int,
-             what: str = "the live status page", off_switch: bool = True) -> None:
-    p.add_argument(f"--{name}-port", type=int, default=default_port,
-                   help=f"port of {what} (default {default_port}, or a free one when it is "
-                   "taken; 0 = any free port)")
-    if off_switch:
-        p.add_argument(f"--no-{name}", action="store_true", help=f"do not serve {what}")
-    p.add_argument(f"--{name}-host", default="127.0.0.1",
-                   help="address to bind (default loopback; any other needs a token or TLS)")
-    p.add_argument(f"--{name}-token-file", help="file holding a bearer token the client must send")
-    p.add_argument(f"--{name}-cert", help="TLS certificate (PEM) to serve it over HTTPS")
-    p.add_argument(f"--{name}-key", help="the certificate's private key (PEM)")
-
-
-def options(args: argparse.Namespace, *, name: str = "status") -> dict | None:
-    """StatusServer keyword arguments from add_args's flags (None when switched off)."""
-    get = lambda k: getattr(args, f"{name}_{k}", None)  # noqa: E731
-    if getattr(args, f"no_{name}", False):
-        return None
-    token = None
-    if get("token_file"):
-        path = Path(get("token_file"))
-        if not path.is_file():
-            raise ConfigError(f"--{name}-token-file {path} does not exist: write a random token "
-                              f"to it (e.g. `openssl rand -hex 24 > {path}; chmod 600 {path}`)")
-        token = path.read_text(encoding="utf-8").strip()
-        if len(token) < 16:
-            raise ConfigError(f"--{name}-token-file {path}: the token is shorter than 16 "
-                              "characters; use a long random one")
-    return {"host": get("host") or "127.0.0.1", "port": get("port") or 0, "token": token,
-            "cert": Path(get("cert")) if get("cert") else None,
-            "key": Path(get("key")) if get("key") else None}
 
 
 def serve_run(run_dir: Path, opts: dict) -> int:
