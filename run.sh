@@ -31,7 +31,7 @@ setup() {
 system_packages() {
   # nginx: the coordinator's TLS front (fedtune/ops/proxy.py); installed only when missing and we are root
   if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx; } >/dev/null 2>&1 || echo "run.sh: could not install nginx (the deployed coordinator needs it)" >&2; fi
-  # chromium: headless browser for the status page's tests (tests/test_status_page.py); same rule
+  # chromium: headless browser for the status page's tests (tests/test_status_page.py, tests/test_report.py); same rule
   if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >/dev/null 2>&1 || echo "run.sh: could not install chromium (the status page tests will skip)" >&2; fi
 }
 

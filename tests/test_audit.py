@@ -54,6 +54,7 @@ def test_empty_split_is_a_clear_error(tiny):
         loss_threshold_auc(model, data, _part(data, []), num_labels=4)
 
 
+@pytest.mark.slow  # a real simulated federation (shared_run)
 def test_audit_command_writes_auc_per_site(tmp_path_factory, tiny_model_dir, capsys):
     run = copy_run(shared_run(tmp_path_factory, tiny_model_dir), tmp_path_factory.mktemp("audit") / "run")
     assert main(["audit", str(run)]) == 0
@@ -63,6 +64,7 @@ def test_audit_command_writes_auc_per_site(tmp_path_factory, tiny_model_dir, cap
     assert "loss-threshold AUC" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # a real simulated federation (shared_run)
 def test_audit_needs_site_folders(tmp_path_factory, tiny_model_dir, capsys):
     run = copy_run(shared_run(tmp_path_factory, tiny_model_dir), tmp_path_factory.mktemp("nosites") / "run")
     import re

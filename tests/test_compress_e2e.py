@@ -4,19 +4,14 @@ the outbound guard lets only the encoded parts out, the coordinator decodes and 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from tests.conftest import make_texts
+from tests.simhelp import run_simulate
 
 pytestmark = pytest.mark.slow  # real federations (deselect with -m "not slow")
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("mode", ["int8"])
@@ -25,15 +20,10 @@ def test_compressed_federation_runs_and_sends_less(tmp_path, tiny_model_dir, mod
     pd.DataFrame({"text": texts, "label": labels}).to_csv(tmp_path / "pooled.csv", index=False)
     runs = {}
     for m in ("none", mode):
-        cmd = [sys.executable, "-m", "fedtune.cli", "simulate", "--quiet", "--out", str(tmp_path / m)]
-        for s in (f"model.base={tiny_model_dir}", f"simulation.data={tmp_path / 'pooled.csv'}",
-                  "simulation.sites=2", "simulation.partition=iid", "federation.rounds=2",
-                  "model.max-length=32", f"compression.mode={m}"):
-            cmd += ["--set", s]
-        env = dict(os.environ, FEDTUNE_AUDIT_DIR=str(tmp_path / f"audit-{m}"),
-                   PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+        run_simulate(tmp_path / m, [f"model.base={tiny_model_dir}", f"simulation.data={tmp_path / 'pooled.csv'}",
+                                    "simulation.sites=2", "simulation.partition=iid", "federation.rounds=2",
+                                    "model.max-length=32", f"compression.mode={m}"], "--quiet",
+                     extra_env={"FEDTUNE_AUDIT_DIR": str(tmp_path / f"audit-{m}")})
         runs[m] = [json.loads(x) for x in (tmp_path / m / "metrics.jsonl").read_text().splitlines()]
     for plain, packed in zip(runs["none"], runs[mode]):
         assert packed["rejected"] == {} and packed["failures"] == []

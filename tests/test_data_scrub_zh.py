@@ -2,7 +2,6 @@
 `fedtune prepare` on a Chinese file (counts in the report, no value in any output)."""
 
 import json
-import sys
 
 import pandas as pd
 import pytest
@@ -10,6 +9,7 @@ import pytest
 from common.data.clean import clean_text
 from common.data.scrub import PII_TYPES, luhn_ok, scrub_texts
 from common.data.scrub_zh import resident_id_ok
+from tests import simhelp
 
 
 def with_check(first17: str) -> str:
@@ -174,8 +174,7 @@ def zh_prepared(tmp_path):
     pd.DataFrame(rows, columns=["text", "label"]).to_csv(data, index=False, encoding="utf-8")
     before = data.read_bytes()
     out = tmp_path / "site"
-    proc = subprocess.run([sys.executable, "-m", "fedtune.cli", "prepare", "--data", str(data), "--out", str(out)],
-                          capture_output=True, text=True, timeout=120)
+    proc = simhelp.run("prepare", "--data", str(data), "--out", str(out), timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert data.read_bytes() == before  # raw data is never modified
     return out, proc.stdout

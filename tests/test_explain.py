@@ -2,11 +2,10 @@
 --out (HTML + JSON, atomically), PII is scrubbed before it reaches the page, clear errors."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
+from tests import simhelp
 from tests.conftest import WORDS, make_texts
 
 pytest.importorskip("captum")
@@ -61,9 +60,8 @@ def test_cli_writes_only_under_out_and_scrubs_pii(trained, tmp_path):
     work.mkdir()
     before = {p for p in tmp_path.rglob("*")}
     out = tmp_path / "site" / "explain"
-    proc = subprocess.run([sys.executable, "-m", "fedtune.cli", "explain", str(trained), "--data", str(data),
-                           "--out", str(out), "--steps", "8"], cwd=work, capture_output=True, text=True,
-                          timeout=300, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    proc = simhelp.run("explain", str(trained), "--data", str(data), "--out", str(out), "--steps", "8",
+                       cwd=work, timeout=300, extra_env={"HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr
     assert "prob" in proc.stdout and "intent_" in proc.stdout
     new = {p for p in tmp_path.rglob("*")} - before

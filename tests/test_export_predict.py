@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +17,9 @@ import torch
 
 from fedtune.cli import main
 from tests.conftest import make_texts
+from tests.simhelp import run_simulate
 
 pytestmark = pytest.mark.slow  # real federations (deselect with -m "not slow")
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def shared_run(tmp_path_factory, tiny_model_dir) -> Path:
@@ -39,12 +36,7 @@ def shared_run(tmp_path_factory, tiny_model_dir) -> Path:
     sets = [f"model.base={tiny_model_dir}", f"simulation.data={home / 'pooled.csv'}", "simulation.sites=2",
             "simulation.partition=iid", "federation.rounds=2", "model.max-length=32",
             "train.learning-rate=0.003", "train.local-epochs=2"]
-    cmd = [sys.executable, "-m", "fedtune.cli", "simulate", "--quiet", "--out", str(out)]
-    for s in sets:
-        cmd += ["--set", s]
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    run_simulate(out, sets, "--quiet")
     return out
 
 

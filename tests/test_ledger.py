@@ -7,8 +7,6 @@ import json
 import multiprocessing as mp
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,6 +15,7 @@ import pytest
 from client.ledger import LedgerCorrupt
 from client.privacy import PrivacyLedger, open_ledger, reset_ledger
 from common.errors import FedtuneError, PrivacyBudgetExceeded
+from tests import simhelp
 from tests.test_privacy import _independent_epsilon, journal_entries
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -165,9 +164,7 @@ def test_old_json_ledgers_are_imported_not_forgotten(tmp_path):
 
 
 def _cli(*args):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "fedtune.cli", "ledger", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
+    return simhelp.run("ledger", *args, timeout=120, extra_env={"PYTHONPATH": str(ROOT)})
 
 
 def test_cli_shows_lineage_runs_rounds_and_verification(tmp_path):

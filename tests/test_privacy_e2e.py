@@ -6,9 +6,7 @@ message a site sends carries only adapter arrays and whitelisted aggregate metri
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -19,22 +17,14 @@ from common.adapter import FFA_FROZEN, get_state
 from common.config import ModelConfig
 from common.model import build_model
 from tests.conftest import make_texts
+from tests.simhelp import run_simulate
 from tests.test_privacy import _independent_epsilon, journal_entries
 
 pytestmark = pytest.mark.slow  # real federations (deselect with -m "not slow")
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _simulate(out: Path, sets: list[str], audit: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "fedtune.cli", "simulate", "--out", str(out)]
-    for s in sets:
-        cmd += ["--set", s]
-    env = dict(os.environ, FEDTUNE_AUDIT_DIR=str(audit),
-               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+    return run_simulate(out, sets, timeout=900, extra_env={"FEDTUNE_AUDIT_DIR": str(audit)})
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ import pytest
 
 from fedtune.flower import free_port
 from tests.conftest import make_texts
-from tests.test_deploy_integration import LABELS, Federation
+from tests.simhelp import LABELS, Federation
 
 pytestmark = pytest.mark.slow
 

@@ -68,6 +68,7 @@ def test_keygen_private_key_0600_and_no_overwrite(keys, capsys):
     load_private_key(key)
 
 
+@pytest.mark.slow  # the bundle comes from a real simulated federation (shared_run)
 def test_release_and_verify_ok(bundle, keys, tiny_model_dir, capsys):
     assert main(["verify", str(bundle), "--pub", str(keys[1]), "--pin", pin(keys[1]),
                  "--base-model", str(tiny_model_dir)]) == 0
@@ -89,6 +90,7 @@ def test_release_and_verify_ok(bundle, keys, tiny_model_dir, capsys):
         assert not RAW_SITE.search((bundle / name).read_text()), name
 
 
+@pytest.mark.slow  # the bundle comes from a real simulated federation (shared_run)
 def test_release_refuses_overwrite_and_readable_key(bundle, keys, tmp_path_factory, tiny_model_dir, capsys):
     run = bundle.parent / "run"
     assert main(["release", str(run), "--key", str(keys[0]), "--out", str(bundle)]) == 2
@@ -100,6 +102,7 @@ def test_release_refuses_overwrite_and_readable_key(bundle, keys, tmp_path_facto
     assert "chmod 600" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the bundle comes from a real simulated federation (shared_run)
 def test_every_flipped_byte_fails_naming_the_file(bundle, keys, tmp_path):
     files = sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file())
     for name in files:
@@ -111,6 +114,7 @@ def test_every_flipped_byte_fails_naming_the_file(bundle, keys, tmp_path):
         _fails(copy, keys[1], match=expect)
 
 
+@pytest.mark.slow  # the bundle comes from a real simulated federation (shared_run)
 def test_extra_or_missing_file_fails(fresh, keys):
     (fresh / "adapter" / "backdoor.py").write_text("print('hi')\n")
     _fails(fresh, keys[1], match=r"adapter/backdoor.py: not in the signed manifest")
@@ -119,6 +123,7 @@ def test_extra_or_missing_file_fails(fresh, keys):
     _fails(fresh, keys[1], match=r"model_card.md: missing")
 
 
+@pytest.mark.slow  # the bundle comes from a real simulated federation (shared_run)
 def test_wrong_key_fails(bundle, tmp_path, capsys):
     assert main(["keygen", "--out", str(tmp_path / "k2")]) == 0
     k2 = tmp_path / "k2" / "fedtune_ed25519.pub"
@@ -129,6 +134,7 @@ def test_wrong_key_fails(bundle, tmp_path, capsys):
     assert "PRIVATE key" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the bundle comes from a real simulated federation (shared_run)
 def test_swapped_adapter_fails(fresh, keys, tiny_model_dir, tmp_path):
     """An adapter trained on another base: caught by hash, by the card, and by --base-model."""
     base2 = other_base(tiny_model_dir, tmp_path / "base2")
@@ -143,6 +149,7 @@ def test_swapped_adapter_fails(fresh, keys, tiny_model_dir, tmp_path):
     _fails(fresh, keys[1], match=r"adapter/fedtune.json: the adapter was trained on base model .* does not belong")
 
 
+@pytest.mark.slow  # the bundle comes from a real simulated federation (shared_run)
 def test_wrong_base_model_fails(bundle, keys, tiny_model_dir, tmp_path, capsys):
     base2 = other_base(tiny_model_dir, tmp_path / "base2")
     assert main(["verify", str(bundle), "--pub", str(keys[1]), "--pin", pin(keys[1]),
@@ -152,6 +159,7 @@ def test_wrong_base_model_fails(bundle, keys, tiny_model_dir, tmp_path, capsys):
 
 
 # ---- issue #15 scenario 8: the key is pinned, the base model checked by default ------------------
+@pytest.mark.slow  # the bundle comes from a real simulated federation (shared_run)
 def test_unpinned_or_impostor_key_is_refused(bundle, keys, tmp_path, capsys):
     """Mallory re-signs the bundle with her own key and hands both over: refused unless pinned."""
     assert main(["keygen", "--out", str(tmp_path / "m")]) == 0
@@ -168,6 +176,7 @@ def test_unpinned_or_impostor_key_is_refused(bundle, keys, tmp_path, capsys):
     assert "not pinned" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the bundle comes from a real simulated federation (shared_run)
 def test_pins_from_a_release_policy_file(bundle, keys, tiny_model_dir, tmp_path):
     policy = tmp_path / "release-policy.toml"
     policy.write_text(f'publisher-key-sha256 = ["{pin(keys[1])}"]\n'
@@ -181,6 +190,7 @@ def test_pins_from_a_release_policy_file(bundle, keys, tiny_model_dir, tmp_path)
         verify_bundle(bundle, pub=keys[1], policy=policy, check_base=False)
 
 
+@pytest.mark.slow  # the bundle comes from a real simulated federation (shared_run)
 def test_base_model_check_is_on_by_default(bundle, keys, capsys):
     with pytest.raises(ReleaseError, match="--base-model DIR.*--skip-base-model-check"):
         verify_bundle(bundle, pub=keys[1], pins=[pin(keys[1])])

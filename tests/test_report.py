@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from fedtune.cli import main
+from tests.chromium import find as find_chromium
 from tests.test_export_predict import copy_run, shared_run
+
+pytestmark = pytest.mark.slow  # a real simulated federation (shared_run) (deselect with -m "not slow")
 
 IMG = re.compile(r'<img [^>]*src="data:image/png;base64,[A-Za-z0-9+/=]{200,}"')
 
@@ -39,21 +40,11 @@ def dp_run(run_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def chromium() -> str:
-    """Debian's chromium, installed with apt-get when missing (skipped only if apt fails)."""
-    exe = shutil.which("chromium")
+    """The machine's chromium; `bash run.sh setup` installs it (as root) like every other test
+    dependency, so a test never installs software itself."""
+    exe = find_chromium()
     if exe is None:
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", "chromium"]):
-            try:
-                proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-            except (OSError, subprocess.TimeoutExpired) as err:
-                pytest.skip(f"cannot install chromium: `{' '.join(cmd)}` failed to run ({err})")
-            if proc.returncode != 0:
-                pytest.skip(f"cannot install chromium: `{' '.join(cmd)}` exited {proc.returncode}: "
-                            f"{proc.stderr.strip()[-300:]}")
-        exe = shutil.which("chromium")
-        if exe is None:
-            pytest.skip("apt-get installed chromium but no `chromium` is on PATH")
+        pytest.skip("chromium is not installed: `apt-get install chromium` (bash run.sh setup does it as root)")
     return exe
 
 

@@ -6,29 +6,16 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pandas as pd
 import pytest
 from safetensors.torch import load_file
 
 from tests.conftest import make_texts
-from tests.test_simulation_e2e import _flower_processes
+from tests.simhelp import flower_processes, run, start
 
 pytestmark = pytest.mark.slow  # real federations (deselect with -m "not slow")
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "fedtune.cli", "simulate", *args]
-
-
-def _env() -> dict:
-    return dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
 
 
 @pytest.fixture(scope="module")
@@ -46,14 +33,11 @@ def setup(tmp_path_factory, tiny_model_dir):
 
 def test_sigkill_and_resume_equals_uninterrupted(setup):
     tmp, sets = setup
-    full = subprocess.run(_cmd("--out", str(tmp / "full"), "--quiet", *sets), cwd=ROOT, env=_env(),
-                          capture_output=True, text=True, timeout=600)
+    full = run("simulate", "--out", str(tmp / "full"), "--quiet", *sets)
     assert full.returncode == 0, full.stderr[-2000:]
 
     crashed = tmp / "crashed"
-    proc = subprocess.Popen(_cmd("--out", str(crashed), "--quiet", *sets), cwd=ROOT, env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = start("simulate", "--out", str(crashed), "--quiet", *sets)
     try:
         deadline = time.time() + 300
         while time.time() < deadline and not (crashed / "checkpoints" / "round-0002").is_dir():
@@ -64,8 +48,7 @@ def test_sigkill_and_resume_equals_uninterrupted(setup):
         proc.wait()
     assert not (crashed / "summary.json").exists()
 
-    resumed = subprocess.run(_cmd("--resume", str(crashed), "--quiet"), cwd=ROOT, env=_env(),
-                             capture_output=True, text=True, timeout=600)
+    resumed = run("simulate", "--resume", str(crashed), "--quiet")
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     rows = [json.loads(x) for x in (crashed / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2, 3, 4]  # same numbering, no round repeated
@@ -75,17 +58,15 @@ def test_sigkill_and_resume_equals_uninterrupted(setup):
     assert a.keys() == b.keys()
     diffs = {k: (a[k] - b[k]).abs().max().item() for k in a}
     assert max(diffs.values()) == 0.0, diffs  # bit-identical
-    assert _flower_processes(str(crashed / ".flwr")) == []
+    assert flower_processes(str(crashed / ".flwr")) == []
 
 
 def test_resume_with_changed_config_is_refused(setup):
     tmp, _ = setup
-    run = tmp / "full"
-    assert (run / "config.toml").is_file()
-    out = subprocess.run(_cmd("--resume", str(run), "--set", "train.learning-rate=0.5"), cwd=ROOT,
-                         env=_env(), capture_output=True, text=True, timeout=120)
+    run_dir = tmp / "full"
+    assert (run_dir / "config.toml").is_file()
+    out = run("simulate", "--resume", str(run_dir), "--set", "train.learning-rate=0.5", timeout=120)
     assert out.returncode == 2
     assert "changed config" in out.stderr and "train.learning-rate" in out.stderr
-    missing = subprocess.run(_cmd("--resume", str(tmp)), cwd=ROOT, env=_env(), capture_output=True,
-                             text=True, timeout=120)
+    missing = run("simulate", "--resume", str(tmp), timeout=120)
     assert missing.returncode == 2 and "not a fedtune run directory" in missing.stderr

@@ -5,9 +5,6 @@ DP and a site that drops out mid-protocol — plus unit checks of the guard and 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,23 +24,15 @@ from common.errors import ConfigError
 from common.model import build_model
 from server.secagg import QUANTIZATION_RANGE, check_secagg_config, error_bound
 from tests.conftest import make_texts
+from tests.simhelp import run_simulate
 
 pytestmark = pytest.mark.slow  # real federations (deselect with -m "not slow")
 
-ROOT = Path(__file__).resolve().parents[1]
 CLIP, MAX_WEIGHT = 1.0, 1000.0
 
 
 def _simulate(out: Path, sets: list[str], audit: Path | None = None) -> list[dict]:
-    cmd = [sys.executable, "-m", "fedtune.cli", "simulate", "--out", str(out)]
-    for s in sets:
-        cmd += ["--set", s]
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    if audit:
-        env["FEDTUNE_AUDIT_DIR"] = str(audit)
-    proc = subprocess.run(cmd, check=False, cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    run_simulate(out, sets, extra_env={"FEDTUNE_AUDIT_DIR": str(audit)} if audit else None)
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 

@@ -20,7 +20,7 @@ import pytest
 from fedtune.flower import free_port
 from fedtune.ops import write_connection
 from fedtune.ops.proxy import find_nginx
-from tests.test_deploy_integration import ROOT, Federation
+from tests.simhelp import ROOT, Federation
 
 pytestmark = pytest.mark.slow  # real federations (deselect with -m "not slow")
 

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,23 +10,9 @@ import torch
 from common.config import resolve
 from common.model import build_model
 from tests.conftest import make_texts
+from tests.simhelp import flower_processes, run_simulate, sim_args, start
 
 pytestmark = pytest.mark.slow  # real federations (deselect with -m "not slow")
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _flower_processes(marker: str) -> list[str]:
-    found = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                blob = Path(f"/proc/{pid}/cmdline").read_bytes() + Path(f"/proc/{pid}/environ").read_bytes()
-            except OSError:
-                continue
-            if marker.encode() in blob and int(pid) != os.getpid():
-                found.append(pid)
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +26,7 @@ def sim_run(tmp_path_factory, tiny_model_dir):
     sets = [f"model.base={tiny_model_dir}", f"simulation.data={tmp / 'pooled.csv'}", "simulation.sites=2",
             "simulation.partition=iid", "federation.rounds=2", "model.max-length=32",
             "train.learning-rate=0.003", "train.local-epochs=2"]
-    cmd = [sys.executable, "-m", "fedtune.cli", "simulate", "--out", str(out)]
-    for s in sets:
-        cmd += ["--set", s]
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = run_simulate(out, sets)
     return out, proc, resolve(None, sets)
 
 
@@ -116,7 +93,7 @@ def test_stock_peft_reproduces_site_metrics(sim_run, tiny_model_dir):
 
 def test_no_process_left_behind(sim_run):
     out, _, _ = sim_run
-    assert _flower_processes(str(out / ".flwr")) == []
+    assert flower_processes(str(out / ".flwr")) == []
 
 
 def test_sigterm_stops_flower_processes(tmp_path, tiny_model_dir):
@@ -129,22 +106,18 @@ def test_sigterm_stops_flower_processes(tmp_path, tiny_model_dir):
 
     pd.DataFrame({"text": texts, "label": labels}).to_csv(tmp_path / "pooled.csv", index=False)
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "fedtune.cli", "simulate", "--out", str(out)]
-    for s in [f"model.base={tiny_model_dir}", f"simulation.data={tmp_path / 'pooled.csv'}",
-              "simulation.sites=2", "federation.rounds=50", "model.max-length=32"]:
-        cmd += ["--set", s]
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start(*sim_args(out, [f"model.base={tiny_model_dir}", f"simulation.data={tmp_path / 'pooled.csv'}",
+                                 "simulation.sites=2", "federation.rounds=50", "model.max-length=32"]))
     marker = str(out / ".flwr")
     try:
         deadline = time.time() + 300
         while time.time() < deadline and not (out / "metrics.jsonl").is_file():
             time.sleep(1)  # the federation is running (a round has finished)
-        assert _flower_processes(marker), "no Flower process was started"
+        assert flower_processes(marker), "no Flower process was started"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=120) != 0
         time.sleep(2)
-        assert _flower_processes(marker) == []
+        assert flower_processes(marker) == []
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -7,15 +7,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pandas as pd
 import pytest
 
 from tests.conftest import make_texts
-from tests.test_deploy_integration import LABELS, ROOT, Federation, _marked
+from tests.simhelp import LABELS, Federation, flower_processes, start, stop
 
 pytestmark = pytest.mark.slow  # real federations (deselect with -m "not slow")
 
@@ -44,20 +42,19 @@ def federation(tmp_path_factory, tiny_model_dir):
         # The SIGKILLed site's own children (its flwr-clientapp) are orphans, as after a real power
         # loss; stop() reaps them with everything else. Nothing of ours may remain.
         f.stop()
-        assert _marked(f.marker) == []
+        assert flower_processes(f.marker) == []
 
 
 def test_killed_site_does_not_stop_the_run_and_rejoins(federation):
     f = federation
     out = f.tmp / "run"
-    cmd = [sys.executable, "-m", "fedtune.ops.cli", "run", "--coordinator", f.coordinator,
-           "--ca", str(f.tmp / "certs/site-a/ca.crt"), "--out", str(out), "--quiet",
-           "--set", f"model.base={f.tiny}", "--set", "federation.rounds=3",
-           "--set", "federation.min-sites=2", "--set", f"task.labels={','.join(LABELS)}",
-           "--set", "model.max-length=32", "--set", "train.threads=1",
-           "--set", "federation.round-timeout=45", "--set", "federation.evaluate-every=3"]
-    runner = subprocess.Popen(cmd, cwd=ROOT, env=f.env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    runner = start("run", "--coordinator", f.coordinator,
+                   "--ca", str(f.tmp / "certs/site-a/ca.crt"), "--out", str(out), "--quiet",
+                   "--set", f"model.base={f.tiny}", "--set", "federation.rounds=3",
+                   "--set", "federation.min-sites=2", "--set", f"task.labels={','.join(LABELS)}",
+                   "--set", "model.max-length=32", "--set", "train.threads=1",
+                   "--set", "federation.round-timeout=45", "--set", "federation.evaluate-every=3",
+                   log=f.tmp / "runner.out", env=f.env)
     try:
         deadline = time.monotonic() + 120
         while not (out / "config.toml").is_file() and time.monotonic() < deadline:
@@ -68,10 +65,10 @@ def test_killed_site_does_not_stop_the_run_and_rejoins(federation):
         while not (out / "metrics.jsonl").is_file() and time.monotonic() < deadline + 240:
             time.sleep(0.5)
         f.spawn("site-c", *f.site_args("c"))  # back up: same key, same site dir
-        stdout, _ = runner.communicate(timeout=600)
+        runner.wait(timeout=600)
     finally:
-        if runner.poll() is None:
-            os.killpg(runner.pid, signal.SIGKILL)
+        stop(runner)
+    stdout = (f.tmp / "runner.out").read_text(errors="replace")
     assert runner.returncode == 0, stdout[-3000:]
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rows] == [1, 2, 3]

@@ -25,7 +25,8 @@ import pytest
 
 from fedtune.flower import free_port
 from tests.conftest import make_texts
-from tests.test_deploy_integration import LABELS, ROOT, Federation
+from tests import simhelp
+from tests.simhelp import LABELS, ROOT, Federation
 
 pytestmark = pytest.mark.slow
 SENTINEL = "QZX7SENTINEL"
@@ -101,8 +102,7 @@ def _run(f: Federation, out: Path, *sets: str, app: Path | None = None) -> subpr
             "--set", "federation.round-retries=0"]
     for s in sets:
         args += ["--set", s]
-    return subprocess.run([sys.executable, "-m", "fedtune.ops.cli", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=400, stdin=subprocess.DEVNULL)
+    return simhelp.run(*args, env=env, timeout=400, stdin=subprocess.DEVNULL)
 
 
 def _coordinator_side(f: Federation, out: Path, proc: subprocess.CompletedProcess) -> bytes:

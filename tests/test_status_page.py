@@ -6,11 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import signal
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -22,37 +17,13 @@ from fedtune.status.model import events, reason_class, run_status
 from fedtune.status.server import StatusServer
 from tests import chromium
 from tests.conftest import make_texts
+from tests.simhelp import sim_args, start, stop, wait_for
 
-ROOT = Path(__file__).resolve().parents[1]
 NO_CHROMIUM = "chromium is not installed: `apt-get install chromium` (bash run.sh setup does it as root)"
 ROWS = "[...document.querySelectorAll('#rounds tr[data-round]')].map(r => +r.dataset.round)"
 
 
-def _env() -> dict:
-    return dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-                PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1")
-
-
-def _url(log: Path, proc: subprocess.Popen, pattern: str, timeout: float = 180) -> str:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = re.search(pattern, log.read_text(errors="replace"))
-        if found:
-            return found.group(1)
-        if proc.poll() is not None:
-            break
-        time.sleep(0.3)
-    raise AssertionError(f"no status page URL in the output:\n{log.read_text(errors='replace')[-3000:]}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=10)
+ENV = {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -65,25 +36,21 @@ def live(tmp_path_factory, tiny_model_dir):
     texts, labels = make_texts(240, 4)
     pd.DataFrame({"text": texts, "label": labels}).to_csv(tmp / "pooled.csv", index=False)
     out, log = tmp / "run", tmp / "simulate.out"
-    cmd = [sys.executable, "-m", "fedtune.cli", "simulate", "--out", str(out), "--status-port", "0"]
-    for s in [f"model.base={tiny_model_dir}", f"simulation.data={tmp / 'pooled.csv'}", "simulation.sites=2",
-              "simulation.partition=iid", "federation.rounds=3", "model.max-length=32",
-              "privacy.dp=true", "privacy.epsilon=2", "privacy.budget=10", "train.learning-rate=0.01",
-              "output.mlflow=local", "output.tensorboard=true"]:
-        cmd += ["--set", s]
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=fh, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+    sets = [f"model.base={tiny_model_dir}", f"simulation.data={tmp / 'pooled.csv'}", "simulation.sites=2",
+            "simulation.partition=iid", "federation.rounds=3", "model.max-length=32",
+            "privacy.dp=true", "privacy.epsilon=2", "privacy.budget=10", "train.learning-rate=0.01",
+            "output.mlflow=local", "output.tensorboard=true"]
+    proc = start(*sim_args(out, sets, "--status-port", "0"), log=log, extra_env=ENV)
     browser = None
     try:
-        url = _url(log, proc, r"status page (http://127\.0\.0\.1:\d+/)")
+        url = wait_for(log, proc, r"status page (http://127\.0\.0\.1:\d+/)")
         browser = chromium.Browser()
         browser.open(url)
         yield {"proc": proc, "url": url, "browser": browser, "out": out, "log": log, "tmp": tmp}
     finally:
         if browser is not None:
             browser.close()
-        _stop(proc)
+        stop(proc)
 
 
 @pytest.mark.slow
@@ -160,13 +127,10 @@ def test_finished_run_served_by_report(live):
     assert live["proc"].wait(timeout=600) == 0
     out, tmp = live["out"], live["tmp"]
     log = tmp / "serve.out"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "fedtune.cli", "report", "--serve", str(out),
-                                 "--status-port", "0"], cwd=ROOT, env=_env(), stdout=fh,
-                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    proc = start("report", "--serve", str(out), "--status-port", "0", log=log, extra_env=ENV)
     b = chromium.Browser()
     try:
-        url = _url(log, proc, r"status page of .*: (http://127\.0\.0\.1:\d+/)", timeout=60)
+        url = wait_for(log, proc, r"status page of .*: (http://127\.0\.0\.1:\d+/)", timeout=60)
         b.open(url)
         b.wait("document.body.dataset.state === 'finished'", 60)
         assert b.eval(ROWS) == [1, 2, 3]
@@ -183,7 +147,7 @@ def test_finished_run_served_by_report(live):
         assert families["fedtune_rounds_completed"].samples[0].value == 3
     finally:
         b.close()
-        _stop(proc)
+        stop(proc)
     assert proc.returncode in (0, 143, -15)
 
 
