@@ -25,17 +25,15 @@ from common.errors import ConfigError
 from common.sections import (  # noqa: F401 - re-exported: `from common.config import TrainConfig`
     FINETUNE,
     OPTIMIZERS,
-    STRATEGIES,
     TASKS,
     CompressionConfig,
-    FederationConfig,
     ModelConfig,
     OutputConfig,
     PrivacyConfig,
-    SimulationConfig,
     TaskConfig,
     TrainConfig,
 )
+from common.sections_federation import STRATEGIES, FederationConfig, SimulationConfig  # noqa: F401
 
 @dataclass
 class RunConfig:
@@ -76,10 +74,12 @@ class RunConfig:
         """Flower's flat run_config form: {"section.key": scalar}."""
         return {f"{s}.{k}": v for s, kv in self.to_nested().items() for k, v in kv.items()}
 
-    def to_toml(self) -> str:
+    def to_toml(self, *, table_prefix: str = "") -> str:
+        """TOML of every key, one [section] table each (`table_prefix` e.g. "tool.flwr.app.config."
+        for pyproject's mirror, scripts/sync_pyproject.py)."""
         lines = []
         for sec, kv in self.to_nested().items():
-            lines.append(f"[{sec}]")
+            lines.append(f"[{table_prefix}{sec}]")
             lines += [f"{k} = {_toml_value(v)}" for k, v in kv.items()]
             lines.append("")
         return "\n".join(lines)
