@@ -16,6 +16,7 @@ from common.data.load import load_table
 from common.errors import DataError, FedtuneError
 from common.partition import partition
 from fedtune import flower
+from server.rundir import is_round_line
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -135,7 +136,7 @@ def _run(cfg: RunConfig, *, out: Path, quiet: bool) -> dict:
         with open(out / "log.txt", "a", encoding="utf-8") as logfh:
             for line in run.stdout:  # the ServerApp's per-round table arrives here
                 logfh.write(line)
-                if not quiet and _interesting(line):
+                if not quiet and shown(line):
                     sys.stdout.write(line)
                     sys.stdout.flush()
         run.wait()
@@ -169,9 +170,10 @@ def _cause(log: Path) -> str:
     return hits[-1] if hits else "no error was logged"
 
 
-def _interesting(line: str) -> bool:
-    """Show fedtune's own lines and errors; hide Flower's per-message chatter."""
-    return ("fedtune" in line or "round " in line or "ERROR" in line or "Error" in line
+def shown(line: str) -> bool:
+    """Of the coordinator's streamed output, show fedtune's own lines, its per-round line
+    (server/rundir.py is_round_line) and errors; hide Flower's per-message chatter."""
+    return (is_round_line(line) or "fedtune" in line or "ERROR" in line or "Error" in line
             or "Traceback" in line or "error:" in line)
 
 

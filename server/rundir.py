@@ -13,6 +13,7 @@ import csv
 import io
 import json
 import math
+import re
 import time
 from pathlib import Path
 
@@ -140,8 +141,17 @@ class RunDir:
         return problem
 
 
+ROUND_LINE = re.compile(r"^round +\d+/\d+ \| ")  # how format_round's lines start
+
+
+def is_round_line(text: str) -> bool:
+    """True for a line format_round made: `fedtune simulate` and `fedtune run` show these from the
+    coordinator's output (tests/test_round_line.py keeps the two in step)."""
+    return ROUND_LINE.match(text.lstrip()) is not None
+
+
 def format_round(row: dict, *, total_rounds: int) -> str:
-    """One concise line per round for the terminal."""
+    """One concise line per round for the terminal (starts as ROUND_LINE says)."""
     ev = row["evaluate"]
     head = " ".join(f"{k}={ev[k]:.4f}" for k in HEADLINE if k in ev)
     sites = " ".join(describe_site(s, v["evaluate"])

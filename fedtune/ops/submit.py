@@ -25,7 +25,7 @@ from common.config import RunConfig, from_flat, load_toml, parse_sets
 from common.errors import ConfigError, FedtuneError
 from fedtune import flower
 from fedtune.ops import ops_env, require_loopback, split_address, tls_preflight, write_connection
-from fedtune.simulate import REPO, _interesting
+from fedtune.simulate import REPO, shown
 
 
 def resolve_run_config(config: str | None, sets: list[str] | None, *, out: str | None) -> RunConfig:
@@ -129,7 +129,7 @@ def _stream(cmd: list[str], *, env: dict[str, str], marker: str,
             if run_id is None and found:
                 run_id = found.group(1)
                 _say(f"fedtune run: run {run_id} started (stop it with Ctrl-C)", quiet)
-            if not quiet and _interesting(line):
+            if not quiet and shown(line):
                 sys.stdout.write(line)
                 sys.stdout.flush()
         code = proc.wait()
