@@ -12,6 +12,8 @@ handlers with one simulation-only mod more (client/sim_app.py)."""
 
 from __future__ import annotations
 
+import time
+
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -69,11 +71,13 @@ def evaluate(msg: Message, context: Context) -> Message:
     policy = enforce_policy(context.node_config, cfg, rows=site.records())
     rnd, run = server_round(msg.content["config"]), str(context.run_id)
     state = msg.content["arrays"].to_torch_state_dict()
+    t0 = time.perf_counter()
     metrics = site.evaluate(state, split="test", run=run, server_round=rnd)  # limited under DP
     metrics.update(final_audit(site, cfg, rnd))
-    # local-only / personalized models (federation.baselines, personalize-epochs): metrics only
-    metrics.update(joined_metrics(site, cfg, state=state, rnd=rnd, run=run, policy=policy))
     if cfg.federation.early_stopping_patience:  # the coordinator stops on validation, never test
         val = site.evaluate(state, split="val", run=run, server_round=rnd)
         metrics.update({f"val_{k}": v for k, v in val.items() if k in VAL_METRICS})
+    metrics["eval_seconds"] = time.perf_counter() - t0  # test, audit and val: no train-split timing
+    # local-only / personalized models (federation.baselines, personalize-epochs): metrics only
+    metrics.update(joined_metrics(site, cfg, state=state, rnd=rnd, run=run, policy=policy))
     return _reply(msg, site, metrics=_metrics(metrics, EVAL_METRICS, policy))
