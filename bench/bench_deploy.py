@@ -140,6 +140,12 @@ def summarise(sim: list[dict], dep: list[dict], timings: list[list[dict]], *, wa
 
 def markdown(res: dict) -> str:
     lines = ["# Deployment engine vs simulation (demo config, 3 banks, same machine, one run)", "",
+             "Deployed: a coordinator and 3 `fedtune site start` processes on loopback (each site's "
+             "runtime serves its SuperNode's tasks with its own installed fedtune, warm across "
+             "messages; arrays packed into one blob per message; the SuperNode's idle poll capped "
+             f"at 0.25 s), {res['config']['deployed_site_threads']} torch thread(s) per site. "
+             "Simulated: `fedtune simulate`, sites one after another with all cores. Round times "
+             "are the ServerApp's own clock (metrics.jsonl `round_s`).", "",
              "| round | simulated s | deployed s | deployed / simulated | accuracy sim | accuracy dep |",
              "|---:|---:|---:|---:|---:|---:|"]
     for r in res["rounds"]:
@@ -155,8 +161,8 @@ def markdown(res: dict) -> str:
               f"warm {o['warm']['mean']:.3f} s mean / {o['warm']['max']:.3f} s max over "
               f"{o['warm']['messages']} messages. Besides, each message waited "
               f"{o['waiting_for_arrays']['mean']:.2f} s mean ({o['waiting_for_arrays']['max']:.2f} s max) "
-              "between the SuperNode handing it out and its arrays arriving from the coordinator "
-              "(Flower's SuperNode fetches them after the header, with its own 1 s retry backoff).",
+              "between the SuperNode handing it out and its (packed) arrays being in the runtime's "
+              "hands (the SuperNode fetches them from the coordinator after the header).",
               "Site process memory (RSS MiB) after each message: " + "; ".join(
                   " ".join(str(v) for v in t) for t in res["site_rss_mib_per_message"]) + ".",
               f"Whole runs: simulate {res['walls_s']['simulate']:.0f} s (with its process start), "
