@@ -163,6 +163,7 @@ def render_report(run_dir: str | Path, *, bench_dirs: list[Path] | None = None) 
             ["site", "train examples", "test examples", *site_metrics],
             [[s, v.get("train", {}).get("num-examples", "–"), v.get("evaluate", {}).get("num-examples", "–"),
               *[v.get("evaluate", {}).get(m, "–") for m in site_metrics]] for s, v in sorted(last.items())])]
+    parts += _across_sites(summary)
     if privacy:
         table, over = [], {}
         for i, (s, pts) in enumerate(sorted(privacy.items())):
@@ -188,6 +189,26 @@ def render_report(run_dir: str | Path, *, bench_dirs: list[Path] | None = None) 
             f"<footer>generated {time.strftime('%Y-%m-%d %H:%M')} by fedtune report from {_esc(run.resolve())}"
             "</footer></main></body></html>")
     return page, len(plots)
+
+
+def _across_sites(summary: dict) -> list[str]:
+    """Worst site and spread per metric; what joining bought each site (server/worst.py)."""
+    parts = []
+    spread = summary.get("worst_site") or {}
+    if spread:
+        parts += ["<h2>Across sites: weighted mean, worst site, spread</h2>", _table(
+            ["metric", "weighted mean", "worst", "worst site", "min", "max", "spread"],
+            [[m, v.get("weighted_mean", "–"), v["worst"], v["worst_site"], v["min"], v["max"], v["spread"]]
+             for m, v in spread.items()])]
+    join = summary.get("joining") or {}
+    if join.get("sites"):
+        rows = [[s, v.get("local_only", "–"), v.get("global", "–"), v.get("gain", "–"),
+                 v.get("personalized", "–"), v.get("personalized_gain", "–")] for s, v in join["sites"].items()]
+        below = {(i, j): "over" for i, r in enumerate(rows) for j in (3, 5)
+                 if isinstance(r[j], float) and r[j] < 0}
+        parts += [f"<h2>What joining bought each site (own test {_esc(join.get('metric'))})</h2>", _table(
+            ["site", "local-only", "global", "gain", "personalized", "gain (personalized)"], rows, below)]
+    return parts
 
 
 def _baseline_table(value: Any) -> str:

@@ -205,3 +205,14 @@ def test_under_dp_only_a_consenting_site_trains_local_models_and_accounts_them(t
                                       (f"{run_id}-local", 2), (f"{run_id}-personal", 1)])
     runs1 = {e["run"] for e in journal_entries(out / "sites" / "site-1") if e["kind"] == "plan"}
     assert runs1 == {str(run_id)}
+
+
+def test_report_shows_worst_site_and_what_joining_bought(fed, tmp_path):
+    from fedtune.report import render_report
+
+    run, _, _ = fed
+    page, _ = render_report(run, bench_dirs=[])
+    assert "Across sites: weighted mean, worst site, spread" in page
+    assert "What joining bought each site" in page
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["worst_site"]["accuracy"]["worst_site"] in page
