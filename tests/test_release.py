@@ -14,7 +14,8 @@ from common.adapter import save_adapter
 from common.config import ModelConfig
 from common.model import build_model, model_fingerprint
 from fedtune.cli import main
-from fedtune.release import ReleaseError, load_private_key, load_public_key, sign_bundle, verify_bundle
+from fedtune.release import sign_bundle, verify_bundle
+from fedtune.release_keys import ReleaseError, load_private_key, load_public_key
 from fedtune.release_trust import TrustError, key_fingerprint
 from tests.test_export_predict import copy_run, other_base, shared_run
 

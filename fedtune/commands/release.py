@@ -101,8 +101,8 @@ def audit(run_dir: str = arg(...),
 @app.command(rich_help_panel=PANEL, help="make an Ed25519 signing key pair")
 def keygen(out: str = opt(..., "--out", help="folder for fedtune_ed25519.key / .pub"),
            force: bool = opt(False, "--force", help="replace an existing key pair")) -> int:
-    from fedtune.release import keygen as make_keys
-    from fedtune.release import load_public_key
+    from fedtune.release_keys import keygen as make_keys
+    from fedtune.release_keys import load_public_key
     from fedtune.release_trust import key_fingerprint
 
     key, pub = make_keys(out, force=force)

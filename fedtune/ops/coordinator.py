@@ -97,18 +97,7 @@ def start(*, certs: Path | None, host: str = "127.0.0.1", port: int = DEFAULT_PO
 
     TLS mode: nginx on host:port (Fleet only) and 127.0.0.1:port (Fleet + Control, for the
     operator), the SuperLink on 127.0.0.1:internal_port (0 = a free port); fedtune/ops/proxy.py."""
-    if insecure:
-        require_loopback(host, what="--host", fix="Start it with TLS instead: --certs DIR.")
-        print("=" * 78 + "\nfedtune: WARNING --insecure: NO TLS, NO site authentication. Adapter "
-              "weights and metrics\ncross in clear text and any local process can join as a site or "
-              "submit runs.\nListening on loopback only. Use only on a laptop for a demo.\n" + "=" * 78,
-              file=sys.stderr, flush=True)
-        files = None
-    else:
-        if certs is None:
-            raise ConfigError("coordinator start needs --certs DIR (from `fedtune certs`), or "
-                              "--insecure for a local demo")
-        files = coordinator_files(certs)
+    files = _tls_files(certs, insecure=insecure, host=host)
     state = state.resolve()
     workdir = state.parent
     workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -123,31 +112,11 @@ def start(*, certs: Path | None, host: str = "127.0.0.1", port: int = DEFAULT_PO
         internal = internal_port or free_port()
         cmd = superlink_command(files=files, host="127.0.0.1", port=internal, state=state)
         front = _nginx(files, host=host, port=port, internal=internal, workdir=workdir, env=env)
-    scheme = "http" if insecure else "https"
-    probe_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") or files is not None else host
-    url = f"{scheme}://{probe_host}:{port}/health"
-
-    def _announce(proc: subprocess.Popen) -> None:
-        deadline = time.monotonic() + 120
-        while proc.poll() is None and time.monotonic() < deadline:
-            if front is not None and front.poll() is not None:
-                print(f"fedtune: nginx exited ({front.returncode}); see {workdir / 'nginx'}",
-                      flush=True)
-                return
-            if _probe(url, None if files is None else files.ca):
-                where = "" if files is None else (
-                    f"; sites: Fleet API only on {host}:{port}; operator: Control API on "
-                    f"127.0.0.1:{port} (this host only)")
-                print(f"coordinator listening on {scheme}://{host}:{port} (state {state}; node "
-                      f"authentication {'OFF' if insecure else 'ON'}; runs written under {workdir}"
-                      f"{where})", flush=True)
-                return
-            time.sleep(0.3)
-
+    watch = _announcer(front=front, files=files, host=host, port=port, state=state, workdir=workdir)
     print(f"fedtune: starting coordinator: {' '.join(cmd)}", flush=True)
     try:
         code, last = run_foreground(cmd, env=env, log=workdir / "coordinator.log", marker=marker,
-                                    cwd=workdir, watch=_announce)
+                                    cwd=workdir, watch=watch)
     finally:
         if front is not None:
             flower.reap([front])
@@ -161,6 +130,48 @@ def start(*, certs: Path | None, host: str = "127.0.0.1", port: int = DEFAULT_PO
         raise FedtuneError(f"the coordinator (flower-superlink) exited with code {code}.{hint} "
                            f"Last lines (full log {workdir / 'coordinator.log'}):\n{text}")
     return 0
+
+
+def _tls_files(certs: Path | None, *, insecure: bool, host: str):
+    """The coordinator's TLS files, or None for an --insecure demo (loopback only, said loudly)."""
+    if not insecure:
+        if certs is None:
+            raise ConfigError("coordinator start needs --certs DIR (from `fedtune certs`), or "
+                              "--insecure for a local demo")
+        return coordinator_files(certs)
+    require_loopback(host, what="--host", fix="Start it with TLS instead: --certs DIR.")
+    print("=" * 78 + "\nfedtune: WARNING --insecure: NO TLS, NO site authentication. Adapter "
+          "weights and metrics\ncross in clear text and any local process can join as a site or "
+          "submit runs.\nListening on loopback only. Use only on a laptop for a demo.\n" + "=" * 78,
+          file=sys.stderr, flush=True)
+    return None
+
+
+def _announcer(*, front: subprocess.Popen | None, files, host: str, port: int, state: Path,
+               workdir: Path):
+    """The watcher run_foreground calls: says where the coordinator listens once it answers."""
+    scheme = "http" if files is None else "https"
+    probe_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") or files is not None else host
+    url = f"{scheme}://{probe_host}:{port}/health"
+
+    def announce(proc: subprocess.Popen) -> None:
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:
+            if front is not None and front.poll() is not None:
+                print(f"fedtune: nginx exited ({front.returncode}); see {workdir / 'nginx'}",
+                      flush=True)
+                return
+            if _probe(url, None if files is None else files.ca):
+                where = "" if files is None else (
+                    f"; sites: Fleet API only on {host}:{port}; operator: Control API on "
+                    f"127.0.0.1:{port} (this host only)")
+                print(f"coordinator listening on {scheme}://{host}:{port} (state {state}; node "
+                      f"authentication {'OFF' if files is None else 'ON'}; runs written under "
+                      f"{workdir}{where})", flush=True)
+                return
+            time.sleep(0.3)
+
+    return announce
 
 
 def runs_under(workdir: Path) -> dict[str, Path]:
