@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from client.dp_units import Units, sum_by_unit, unit_micro_batches
 from client.trainer import Encoded, Loss, Schedule, collate, make_optimizer
 from common.config import TrainConfig
 from common.device import Accel, place, resolve_device
@@ -26,10 +27,12 @@ from common.errors import ConfigError
 def train_dp(model: torch.nn.Module, data: Encoded, *, cfg: TrainConfig, schedule: Schedule,
              rng: np.random.Generator, steps: int, sample_rate: float, noise_multiplier: float,
              max_grad_norm: float, pad_id: int = 0, progress: bool = False,
-             loss: Loss | None = None) -> dict[str, float]:
+             loss: Loss | None = None, units: Units | None = None) -> dict[str, float]:
     """Run `steps` DP-SGD steps; returns mean loss and counts. The model's hooks are removed
     afterwards, so the same model object serves the next (possibly non-DP) round. `loss` is the
-    site's task loss (class weights, focal), the plain task loss when None."""
+    site's task loss (class weights, focal), the plain task loss when None. `units` (persons,
+    client/dp_units.py) makes the person the privacy unit: persons are Poisson-sampled at
+    `sample_rate`, and each person's summed gradient is clipped; None = every record."""
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
 
@@ -46,25 +49,31 @@ def train_dp(model: torch.nn.Module, data: Encoded, *, cfg: TrainConfig, schedul
     generator.manual_seed(int.from_bytes(os.urandom(8), "little") & (2**63 - 1))
     opt = DPOptimizer(make_optimizer(model, cfg), noise_multiplier=noise_multiplier,
                       max_grad_norm=max_grad_norm, generator=generator, secure_mode=True,
-                      expected_batch_size=max(1, round(sample_rate * len(data))),
+                      expected_batch_size=max(1, round(sample_rate * (units.count if units else len(data)))),
                       loss_reduction="mean")
     seen, loss_sum, empty = 0, 0.0, 0
     lengths = np.fromiter((len(x) for x in data.ids), dtype=np.int64, count=len(data))
     try:
         for step in tqdm(range(steps), desc="dp-train", disable=not progress, leave=False):
             schedule.apply(opt, step, kind=cfg.schedule)
-            idx = np.flatnonzero(rng.random(len(data)) < sample_rate)
+            if units is None or units.kind == "record":
+                idx = np.flatnonzero(rng.random(len(data)) < sample_rate)
+                parts = [(part, None) for part in micro_batches(idx, lengths)] if len(idx) else []
+            else:  # persons: all of a sampled person's rows, never split across micro-batches
+                idx, local = units.sample(rng, sample_rate)
+                parts = unit_micro_batches(idx, local, lengths)
             if len(idx) == 0:
                 # An empty Poisson batch still releases a noisy (pure-noise) update, as the
                 # analysis of DP-SGD assumes; skipping it would reveal that the batch was empty.
                 empty += 1
                 _noise_only_step(opt)
                 continue
-            parts = micro_batches(idx, lengths)
-            for k, part in enumerate(parts):
+            for k, (part, local) in enumerate(parts):
                 ids, mask, y = Accel(device=device).move(*collate(data, part, pad_id=pad_id))
                 part_loss = loss(gsm(input_ids=ids, attention_mask=mask).logits, y)
                 part_loss.backward()
+                if local is not None:  # per-row gradients -> per-person sums, clipped as one
+                    _sum_by_person(opt, torch.as_tensor(local, device=device))
                 # all but the last micro-batch: clip and accumulate, no noise, no update
                 opt.signal_skip_step(do_skip=k < len(parts) - 1)
                 opt.step()
@@ -102,6 +111,15 @@ def micro_batches(idx: np.ndarray, lengths: np.ndarray, *, slack: float = 1.5,
         real += int(lengths[i])
     parts.append(order[start:])
     return parts
+
+
+def _sum_by_person(opt, local: torch.Tensor) -> None:
+    """Replace every trainable parameter's per-row gradients by per-person sums, so Opacus'
+    clipping (next opt.step) bounds each person's total contribution by max_grad_norm."""
+    params = [p for p in opt.params if getattr(p, "grad_sample", None) is not None]
+    k = int(local.max()) + 1
+    for p, summed in zip(params, sum_by_unit([p.grad_sample for p in params], local, k)):
+        p.grad_sample = summed
 
 
 def _noise_only_step(opt) -> None:

@@ -20,8 +20,9 @@ log = logging.getLogger("fedtune.site")
 
 # The one whitelist: aggregate metrics a site may share (client/app.py picks from these per
 # message type); everything else is refused.
+# privacy_unit_person: 1 when the epsilon is per person (data.group-column), 0 per record
 TRAIN_METRICS = ("train_loss", "steps", "train_seconds", "epsilon", "delta", "epsilon_budget",
-                 "noise_multiplier")
+                 "noise_multiplier", "privacy_unit_person")
 EVAL_METRICS = ("mia_auc", "accuracy", "macro_f1", "loss", "auc_roc", "mae", "rmse", "r2",
                 "eval_seconds", "perplexity", "rouge_l", "recall_0", "recall_1", "pr_auc",
                 "threshold")

@@ -39,6 +39,7 @@ class Plan:
     rounds: int
     run_epsilon: float
     target_epsilon: float
+    unit: str = "record"  # the privacy unit: "record", or "person" (client/dp_units.py)
 
     @property
     def planned_steps(self) -> int:
@@ -139,17 +140,28 @@ class PrivacyLedger:
 
     def _plan_of(self, run: str) -> Plan | None:
         plans = [e for e in self._current() if e["kind"] == "plan" and e["run"] == run]
-        return Plan(**{k: plans[-1][k] for k in Plan.__dataclass_fields__}) if plans else None
+        return Plan(**{k: plans[-1][k] for k in Plan.__dataclass_fields__ if k in plans[-1]}) if plans else None
+
+    def unit(self) -> str:
+        """The unit the lineage's epsilon protects: "person" only when every round since the
+        last reset was person-level (a record-level round bounds a person only by group
+        privacy); "record" otherwise."""
+        rounds = [e for e in self._current() if e["kind"] == "round"]
+        imported = any(e.get("imported") for e in self._current() if e["kind"] == "lineage")
+        if rounds and not imported and all(e.get("unit") == "person" for e in rounds):
+            return "person"
+        return "record"
 
     def _rounds_of(self, run: str) -> list[int]:
         return [e["round"] for e in self._current() if e["kind"] == "round" and e["run"] == run]
 
     # -- a run -----------------------------------------------------------------------------
     def plan(self, run: str, *, sample_rate: float, steps_per_round: int, rounds: int,
-             run_epsilon: float) -> Plan:
+             run_epsilon: float, unit: str = "record") -> Plan:
         """The run's noise multiplier, calibrated once to ALL its planned steps, so that
         (history + this run) reaches min(budget, spent + run_epsilon). A later call for the same
-        run must ask for the same plan: the coordinator cannot stretch a run."""
+        run must ask for the same plan: the coordinator cannot stretch a run. `unit` is what
+        `sample_rate` samples and the clipping bounds: "record" or "person"."""
         with self.locked():
             self._ensure()
             if self._run_delta and self._run_delta < self.delta * (1 - 1e-9):
@@ -160,8 +172,8 @@ class PrivacyLedger:
             plan = self._plan_of(run)
             if plan is not None:
                 asked = (sample_rate, steps_per_round, rounds, run_epsilon)
-                if any(abs(a - b) > 1e-12 for a, b in zip(asked, (plan.sample_rate, plan.steps_per_round,
-                                                                  plan.rounds, plan.run_epsilon))):
+                if unit != plan.unit or any(abs(a - b) > 1e-12 for a, b in zip(
+                        asked, (plan.sample_rate, plan.steps_per_round, plan.rounds, plan.run_epsilon))):
                     raise _refuse(f"run {run}: this round asks for (q, steps/round, rounds, epsilon) = "
                                   f"{asked}, but the run's plan in {self.path} is {asdict(plan)}: the "
                                   "run's privacy settings or the site's data changed mid-run",
@@ -176,7 +188,7 @@ class PrivacyLedger:
             sigma = calibrate_noise(self.history, sample_rate=sample_rate, steps=steps_per_round * rounds,
                                     target_epsilon=target, delta=self.delta, accountant=self.accountant)
             plan = Plan(noise_multiplier=sigma, sample_rate=sample_rate, steps_per_round=steps_per_round,
-                        rounds=rounds, run_epsilon=run_epsilon, target_epsilon=target)
+                        rounds=rounds, run_epsilon=run_epsilon, target_epsilon=target, unit=unit)
             self.journal.append({"kind": "plan", "run": run, "dataset": self.dataset[:16],
                                  "num_examples": self.n, "budget": self.budget, **asdict(plan)})
             return plan
@@ -215,7 +227,8 @@ class PrivacyLedger:
             plan = self._plan_of(run)
             self.journal.append({"kind": "round", "run": run, "round": server_round,
                                  "noise_multiplier": plan.noise_multiplier, "sample_rate": plan.sample_rate,
-                                 "steps": plan.steps_per_round, "epsilon": after, "budget": self.budget})
+                                 "steps": plan.steps_per_round, "epsilon": after, "budget": self.budget,
+                                 "unit": plan.unit})
             return after
 
     def record_eval(self, run: str, server_round: int, split: str) -> None:
@@ -244,7 +257,8 @@ class PrivacyLedger:
             kind, when = e["kind"], time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e["time"]))
             if kind == "plan":
                 lines.append(f"{when} plan   run {e['run']}: {e['rounds']} rounds x {e['steps_per_round']} steps,"
-                             f" q={e['sample_rate']:.5f} sigma={e['noise_multiplier']:.3f} run epsilon "
+                             f" q={e['sample_rate']:.5f} ({e.get('unit', 'record')}s) sigma="
+                             f"{e['noise_multiplier']:.3f} run epsilon "
                              f"{e['run_epsilon']:g} (target {e['target_epsilon']:.3f})")
             elif kind == "lineage" and e.get("imported"):
                 lines.append(f"{when} import {len(e['imported'])} rounds from old ledgers "
@@ -257,6 +271,7 @@ class PrivacyLedger:
                 lines.append(f"{when} eval   run {e['run']} round {e['round']}: {e['split']} split")
             elif kind == "reset":
                 lines.append(f"{when} RESET  reason: {e['reason']}")
+        lines.append(f"privacy unit: {self.unit()} (epsilon per {self.unit()})")
         lines.append(f"spent epsilon {self.spent():.4f} of budget {self.budget}")
         return "\n".join(lines)
 

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from client.dp_trainer import dp_device, train_dp
+from client.dp_fit import fit_dp
+from client.dp_trainer import dp_device
 from client.lm import encode_lm, evaluate_lm, prepare_lm_site
 from client.privacy import PrivacyLedger, secure_rng, secure_seed, server_round_of
 from client.probe import resolve_batch_size
@@ -104,6 +105,9 @@ class Site:
                                     label_names=self.label_names or None, task=self.task,
                                     site_dir=facts.site_dir)
         self.report, self.fingerprint = prepared.report, prepared.fingerprint
+        # person of each train row (data.group-column): the privacy unit of DP-SGD (client/dp_units.py)
+        self.train_groups = getattr(prepared, "train_groups", None)
+        self.dp_cache: dict = {}  # client/dp_fit.py: the head's inputs while only the head trains
         if cfg.privacy.dp and cfg.train.grad_accum > 1:
             raise ConfigError("train.grad-accum > 1 with privacy.dp: DP-SGD already accumulates "
                               "length-sorted micro-batches of each Poisson batch (expected size "
@@ -189,7 +193,7 @@ class Site:
             torch.manual_seed(hash((self.cfg.train.seed, self.facts.index, server_round)) % 2**31)
         t0 = time.perf_counter()
         if self.cfg.privacy.dp:
-            stats = self._fit_dp(train_split, sched, rng, per_round, server_round, run, progress)
+            stats = fit_dp(self, server_round=server_round, run=run, rng=rng, progress=progress)
         else:
             # FedProx: `train` anchors the proximal term at the global state just loaded
             stats = train(self.model, train_split, cfg=self.cfg.train, schedule=sched, rng=rng,
@@ -199,27 +203,6 @@ class Site:
         if not self.cfg.privacy.dp:  # under DP the time tracks the random batch sizes: not released
             stats["train_seconds"] = time.perf_counter() - t0
         return get_state(self.model, exclude=self.exclude), stats
-
-    def _fit_dp(self, data: Encoded, sched: Schedule, rng, steps: int, server_round: int,
-                run: str, progress: bool) -> dict[str, float]:
-        ledger = self.ledger()
-        q = min(1.0, self.cfg.train.batch_size / max(1, len(data)))
-        with ledger.locked():  # plan -> check -> train -> record: one critical section per site
-            plan = ledger.plan(run, sample_rate=q, steps_per_round=steps,
-                               rounds=self.cfg.federation.rounds, run_epsilon=self.cfg.privacy.epsilon)
-            ledger.check(run, server_round)
-            stats = train_dp(self.model, data, cfg=self.cfg.train, schedule=sched, rng=rng,
-                             steps=steps, sample_rate=q, noise_multiplier=plan.noise_multiplier,
-                             max_grad_norm=self.cfg.privacy.max_grad_norm, pad_id=self.pad_id,
-                             progress=progress, loss=self.loss)
-            eps = ledger.record(run, server_round)
-        for key in ("train_loss", "empty_batches"):  # raw train-split statistics: not DP, not released
-            stats.pop(key, None)
-        # weight by the expected batch total, not the random Poisson count
-        stats["num_examples"] = max(1, round(steps * q * len(data)))
-        stats.update(epsilon=eps, delta=ledger.delta, epsilon_budget=ledger.budget,
-                     noise_multiplier=plan.noise_multiplier)
-        return stats
 
     def evaluate(self, state: dict[str, torch.Tensor], *, split: str = "test", run: str = "local",
                  server_round: int | None = None) -> dict[str, float]:

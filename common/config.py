@@ -48,6 +48,8 @@ class RunConfig:
     compression: CompressionConfig = field(default_factory=CompressionConfig)
 
     def __post_init__(self) -> None:
+        if self.model.pooling == "auto" and self.privacy.dp:  # the coordinator and every site
+            self.model.pooling = "mean"  # build the same model from the same config
         if self.model.finetune == "full" and self.model.lora_variant == "ffa":
             raise ConfigError("model.lora-variant = \"ffa\" needs model.finetune = \"lora\": "
                               "set one of them differently")

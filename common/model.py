@@ -230,6 +230,10 @@ def build_model(cfg: ModelConfig, *, num_labels: int, seed: int = 0,
     targets = lora_targets(cfg, hf_cfg.model_type)
     frozen = _Frozen(cfg, [n for n, _ in model.named_modules()])
     heads = [] if task == "causal-lm" else _heads(model)
+    if cfg.pooling == "mean" and task != "causal-lm":  # before head-init: it embeds through the pooler
+        from common.pooling import use_mean_pooling
+
+        use_mean_pooling(model)
     if any(frozen(h) for h in heads):
         raise ModelError(f"model.freeze-modules freezes the new head {heads}: it starts random, so "
                          "it must train; remove the pattern that matches it")

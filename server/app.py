@@ -17,6 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from common.adapter import FFA_FROZEN, get_state, save_adapter, set_state, state_nbytes
+from common import dp_recipe
 from common.config import RunConfig, from_run_config
 from common.model import build_model, count_trainable, model_fingerprint
 from server import checkpoint
@@ -94,7 +95,7 @@ def _announce(cfg: RunConfig, start: _Start) -> None:
         _say("fedtune: FFA-LoRA — lora_A frozen at the shared seeded init; only B and the head travel")
     if cfg.privacy.dp:
         _say(f"fedtune: DP-SGD at every site — epsilon {cfg.privacy.epsilon} this run, "
-             f"accountant {cfg.privacy.accountant}, clip {cfg.privacy.max_grad_norm}")
+             f"accountant {cfg.privacy.accountant}; {dp_recipe.announce(cfg)}")
 
 
 def _reasons(log: RoundLog) -> str:

@@ -117,6 +117,8 @@ class RunDir:
                 if "epsilon" in v["train"]:
                     out[site] = {k: v["train"][k] for k in ("epsilon", "delta", "epsilon_budget")
                                  if k in v["train"]}
+                    if "privacy_unit_person" in v["train"]:  # what the epsilon protects
+                        out[site]["unit"] = "person" if v["train"]["privacy_unit_person"] >= 0.5 else "record"
             for site in r["refused"]:  # its train and evaluate refusals count as one round
                 out.setdefault(site, {}).setdefault("refused_rounds", []).append(r["round"])
         return out

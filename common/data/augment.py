@@ -104,8 +104,8 @@ def augment_frame(frame: pd.DataFrame, *, spec: str, copies: int, seed: int,
         return frame, counts
     rng = random.Random(f"fedtune-augment:{seed}")
     table = load_synonyms()
-    new_texts, new_labels = [], []
-    for text, label in zip(frame["text"].tolist(), frame["label"].tolist()):
+    new_texts, new_labels, sources = [], [], []
+    for i, (text, label) in enumerate(zip(frame["text"].tolist(), frame["label"].tolist())):
         for _ in range(copies):
             new = augment_text(text, ops=ops, rng=rng, table=table, augmenters=augmenters)
             if new == text or not new:
@@ -113,7 +113,10 @@ def augment_frame(frame: pd.DataFrame, *, spec: str, copies: int, seed: int,
                 continue
             new_texts.append(new)
             new_labels.append(label)
+            sources.append(i)
     added = pd.DataFrame({"text": new_texts, "label": pd.Series(new_labels, dtype=frame["label"].dtype)})
+    if "group" in frame:  # a copy belongs to its source's person (person-level DP counts them together)
+        added["group"] = frame["group"].iloc[sources].tolist()
     counts["rows_added"] = len(added)
     out = pd.concat([frame, added], ignore_index=True)
     counts["rows_out"] = len(out)

@@ -44,6 +44,10 @@ class PreparedSite:
     test: pd.DataFrame
     report: dict
     fingerprint: str
+    # data.group-column: the group (person) of every train row, augmented copies included (a copy
+    # belongs to its source's person); None without a group column. Person-level DP samples and
+    # clips by it (client/dp_units.py).
+    train_groups: list[str] | None = None
 
 
 def fingerprint_frame(frame: pd.DataFrame) -> str:
@@ -142,9 +146,13 @@ def prepare_site(path: str | os.PathLike[str], *, cfg: DataConfig, seed: int,
     assigned, split_source = _choose_splits(frame, hashes=hashes, raw=raw, seed=seed, cfg=cfg, task=task,
                                             label_names=label_names, site_dir=site, resplit=resplit)
     where = pd.Series(assigned, index=frame.index)
-    parts = {name: frame.loc[where == name, ["text", "label"]].reset_index(drop=True) for name in SPLITS}
+    cols = ["text", "label", "group"] if cfg.group_column else ["text", "label"]
+    parts = {name: frame.loc[where == name, cols].reset_index(drop=True) for name in SPLITS}
     parts["train"], a_counts = augment_frame(parts["train"], spec=cfg.augment, copies=cfg.augment_copies,
                                              seed=seed, augmenters=augmenters)
+    groups = ([("" if pd.isna(g) else str(g).strip()) for g in parts["train"]["group"]]
+              if cfg.group_column else None)  # "" = no person named: the row is its own unit
+    parts = {name: p[["text", "label"]] for name, p in parts.items()}
     fingerprint = fingerprint_frame(parts["train"])
 
     split_counts: dict[str, Any] = {"rows_in": len(frame), "rows_out": len(frame), "source": split_source}
@@ -173,4 +181,4 @@ def prepare_site(path: str | os.PathLike[str], *, cfg: DataConfig, seed: int,
     if site is not None:
         atomic_write_json(site / REPORT_NAME, report)
     return PreparedSite(train=parts["train"], val=parts["val"], test=parts["test"],
-                        report=report, fingerprint=fingerprint)
+                        report=report, fingerprint=fingerprint, train_groups=groups)
