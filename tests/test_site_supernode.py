@@ -27,8 +27,12 @@ def test_install_caps_the_waits_and_shortens_the_fetch_backoff(monkeypatch):
     from flwr.supercore.inflatable.inflatable_utils import pull_objects
     from flwr.supernode import start_client_internal as sci
 
-    monkeypatch.setattr(sci, "time", sci.time)
-    monkeypatch.setattr(sci, "pull_objects", sci.pull_objects)
+    from flwr.supercore import heartbeat as beat
+    from flwr.supernode import fleet_http_connection as fleet
+
+    for module, name in ((sci, "time"), (sci, "pull_objects"), (fleet, "HEARTBEAT_DEFAULT_INTERVAL"),
+                         (beat, "HEARTBEAT_DEFAULT_INTERVAL")):
+        monkeypatch.setattr(module, name, getattr(module, name))  # restored after the test
     monkeypatch.setenv("FEDTUNE_SUPERNODE_POLL", "0.5")
     supernode.install()
     assert isinstance(sci.time, supernode.ShortWaits) and sci.time.cap == 0.5
@@ -36,6 +40,26 @@ def test_install_caps_the_waits_and_shortens_the_fetch_backoff(monkeypatch):
     assert isinstance(sci.pull_objects, functools.partial) and sci.pull_objects.func is pull_objects
     assert sci.pull_objects.keywords == {"initial_backoff": supernode.FIRST_RETRY_S,
                                          "backoff_cap": supernode.MAX_RETRY_S}
+
+
+def test_heartbeat_interval_is_announced_and_kept_the_same(monkeypatch):
+    from flwr.supercore import heartbeat as beat
+    from flwr.supernode import fleet_http_connection as fleet
+    from flwr.supernode import start_client_internal as sci
+
+    assert "heartbeat_interval=HEARTBEAT_DEFAULT_INTERVAL" in inspect.getsource(fleet)
+    assert "HEARTBEAT_DEFAULT_INTERVAL - HEARTBEAT_CALL_TIMEOUT" in inspect.getsource(beat)
+    for module, name in ((sci, "time"), (sci, "pull_objects"), (fleet, "HEARTBEAT_DEFAULT_INTERVAL"),
+                         (beat, "HEARTBEAT_DEFAULT_INTERVAL")):
+        monkeypatch.setattr(module, name, getattr(module, name))
+    monkeypatch.delenv("FEDTUNE_SUPERNODE_HEARTBEAT", raising=False)
+    supernode.install()
+    assert fleet.HEARTBEAT_DEFAULT_INTERVAL == beat.HEARTBEAT_DEFAULT_INTERVAL == 10
+    supernode.install(heartbeat=25)
+    assert fleet.HEARTBEAT_DEFAULT_INTERVAL == beat.HEARTBEAT_DEFAULT_INTERVAL == 25
+    for raw, want in (("5", 10), ("x", 10), ("45", 45), ("99999", 1800)):
+        monkeypatch.setenv("FEDTUNE_SUPERNODE_HEARTBEAT", raw)
+        assert supernode.heartbeat_seconds() == want
 
 
 def test_poll_interval_is_bounded(monkeypatch):

@@ -16,6 +16,7 @@ import re
 import secrets
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -121,8 +122,8 @@ def start(*, coordinator: str, ca: Path | None, key: Path | None, data: Path, si
                             pinned=load_policy(policy).app_sha256 if policy else (),
                             metrics=metrics)
     try:
-        code, last = run_foreground(cmd, env=env, log=site_dir / "site.log", marker=marker,
-                                    cwd=site_dir, on_line=_announce, die_with_parent=True)
+        code, last = _run_supernode(cmd, env=env, site_dir=site_dir, marker=marker, name=name,
+                                    on_line=_announce)
     finally:
         stop.set()
         runtime.join(timeout=5)
@@ -130,6 +131,33 @@ def start(*, coordinator: str, ca: Path | None, key: Path | None, data: Path, si
         raise FedtuneError(explain_exit(code, "\n".join(last[-20:]), name=name, key=key,
                                         coordinator=coordinator, log=site_dir / "site.log"))
     return 0
+
+
+def _refused_sign_in(last: list[str]) -> bool:
+    text = "\n".join(last[-20:]).lower()
+    return "failed to activate" in text or "code: 2004" in text
+
+
+def _run_supernode(cmd: list[str], *, env: dict[str, str], site_dir: Path, marker: str, name: str,
+                   on_line) -> tuple[int, list[str]]:
+    """Run the SuperNode in the foreground. A site restarted after a crash is refused sign-in
+    while the coordinator still counts its previous instance as online (until two heartbeat
+    intervals have passed without a beat; client/supernode.py): retry for that long, then
+    report. An unenrolled key is refused the same way, so it is reported after the window too."""
+    from client.supernode import heartbeat_seconds
+
+    window = 2 * heartbeat_seconds() + 15
+    deadline = time.monotonic() + window
+    while True:
+        code, last = run_foreground(cmd, env=env, log=site_dir / "site.log", marker=marker,
+                                    cwd=site_dir, on_line=on_line, die_with_parent=True)
+        if not (code and _refused_sign_in(last) and time.monotonic() < deadline):
+            return code, last
+        print(f"site {name}: the coordinator refused this site's sign-in: it may still count a "
+              f"previous instance of this site as online (that clears {window - 15} s after the "
+              f"instance stopped); retrying for up to {deadline - time.monotonic():.0f} s",
+              flush=True)
+        time.sleep(3.0)
 
 
 def _new_secret(path: Path) -> bytes:
