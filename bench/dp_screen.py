@@ -31,6 +31,7 @@ from client.dp_head import find_head, head_inputs, train_head_dp  # noqa: E402
 from client.dp_units import units_of  # noqa: E402
 from client.trainer import Schedule  # noqa: E402
 from common.config import resolve  # noqa: E402
+from common.errors import PrivacyBudgetExceeded  # noqa: E402
 
 
 def site_features(cache: Path, *, data: str = "", sets: tuple[str, ...] = ()) -> dict:
@@ -75,8 +76,9 @@ def _sigma(q: float, steps: int, eps: float, n: int) -> float:
 
 def federate(feats: dict, *, batch: float, epochs: float, rounds: int, clip: float, lr: float,
              eps: float, optimizer: str = "sgd", schedule: str = "constant", warmup: float = 0.0,
-             steps: int = 0, fraction: float = 1.0, seed: int = 0) -> dict:
+             steps: int = 0, fraction: float = 1.0, eta: float = 0.0, seed: int = 0) -> dict:
     """One emulated federation of DP linear probing; returns weighted test accuracy per round."""
+    lr = eta / clip if eta else lr  # eta = lr x clip: how far one step of clipped gradients moves
     w0, b0 = feats["head"]
     gw, gb = w0.clone(), b0.clone()
     curve = []
@@ -121,6 +123,8 @@ def federate(feats: dict, *, batch: float, epochs: float, rounds: int, clip: flo
 GRIDS = {
     "default": dict(batch=[64, 256, 1e9], epochs=[1.0], rounds=[6], clip=[0.1, 1.0], lr=[0.01, 0.1, 1.0],
                     eps=[8.0], optimizer=["sgd", "adam"]),
+    "eta": dict(batch=[256, 512, 1e9], epochs=[1.0], rounds=[6], clip=[0.2], lr=[0.0],
+                eta=[2.0, 4.0, 8.0, 16.0, 32.0], steps=[2, 4, 8, 16], eps=[8.0, 3.0, 1.0], optimizer=["sgd"]),
 }
 
 
@@ -145,7 +149,11 @@ def main() -> None:
     for combo in itertools.product(*grid.values()):
         kw = dict(zip(grid, combo))
         t0 = time.perf_counter()
-        accs = [federate(feats, seed=s, **kw)["accuracy"] for s in range(args.repeats)]
+        try:
+            accs = [federate(feats, seed=s, **kw)["accuracy"] for s in range(args.repeats)]
+        except PrivacyBudgetExceeded:  # the site would refuse: more noise than MAX_NOISE
+            print(f"{json.dumps(kw)} refused (noise multiplier above the site's maximum)", flush=True)
+            continue
         rows.append({**kw, "accuracy": float(np.mean(accs)), "accuracies": accs})
         print(f"{json.dumps(kw)} acc {np.mean(accs):.4f} ({' '.join(f'{a:.3f}' for a in accs)}) "
               f"{time.perf_counter() - t0:.1f}s", flush=True)
