@@ -90,11 +90,10 @@ class ModelConfig:
     quantize: str = key("none", "none | 8bit | 4bit: causal-lm on a CUDA site loads the frozen base in "
                         "8 or 4 bits (bitsandbytes, QLoRA); LoRA and what travels stay float32; needs "
                         "`pip install 'fedtune[gpu]'`; refused on a CPU")
-    # What the classification head reads: cls (the encoder's [CLS] pooler, the stock head) | mean
-    # (the mean of the last hidden states over real tokens, what sentence-embedding models such
-    # as all-MiniLM-L6-v2 were trained for) | auto (mean under privacy.dp, where a DP-trained head
-    # needs features that already separate the classes; else cls)
-    pooling: str = "auto"
+    pooling: str = key("auto", "what the classification head reads: cls (the encoder's [CLS] pooler, "
+                       "the stock head) | mean (the mean of the last hidden states over real tokens, "
+                       "what sentence-embedding models such as all-MiniLM-L6-v2 were trained for; "
+                       "common/pooling.py) | auto (mean under privacy.dp, else cls)")
 
     def __post_init__(self) -> None:
         check(self.quantize in QUANTIZE, "model.quantize", self.quantize,
@@ -170,14 +169,17 @@ class PrivacyConfig:
     budget: float = key(0.0, "lifetime epsilon budget per dataset; 0 = epsilon (a site's node config caps it)")
     delta: float = key(0.0, "0 = 1/(10 n), below 1/n as DP practice requires")
     # DP-SGD's own training knobs (common/dp_recipe.py); train.* tune non-DP training. Each has a
-    # "not set" value; when the run sets NONE, every site picks the DP sweep's winner for its
-    # size (the rule in README "What DP costs, measured"); when it sets any, the unset ones keep
-    # train.batch-size / train.local-epochs / train.head-learning-rate, clip 1.0, no probing.
-    max_grad_norm: float = 0.0  # per-unit clipping norm; 0 = not set
-    batch_size: int = 0  # expected Poisson batch in privacy units (records or persons); 0 = not set
-    local_epochs: float = 0.0  # passes over the units per round; 0 = not set
-    learning_rate: float = 0.0  # DP linear probing's rate (SGD, momentum 0.9); 0 = not set
-    probe_rounds: int = -1  # the first N rounds DP-train only the head (linear probing); -1 = not set
+    # "not set" value; when the run sets NONE, every site picks the DP recipe of the size rule;
+    # when it sets any, the unset ones keep train.batch-size / train.local-epochs /
+    # train.head-learning-rate, clip 1.0 and no probing.
+    max_grad_norm: float = key(0.0, "DP: per-unit clipping norm; 0 = not set (see privacy.batch-size)")
+    batch_size: int = key(0, "DP: expected Poisson batch in privacy units (records, or persons with "
+                          "data.group-column); 0 = not set. When none of the five DP knobs is set, "
+                          "each site picks the size rule's recipe (README: What DP costs, measured)")
+    local_epochs: float = key(0.0, "DP: passes over the privacy units per round; 0 = not set")
+    learning_rate: float = key(0.0, "DP linear probing's learning rate (SGD, momentum 0.9); 0 = not set")
+    probe_rounds: int = key(-1, "DP: the first N rounds train only the head (DP linear probing), "
+                            "then the adapter; -1 = not set, 0 = no probing")
     accountant: str = key("rdp", "rdp | prv, named explicitly: they give different epsilons")
     server_noise: float = key(0.0, "server-side (site-level) DP: noise multiplier; 0 = off")
     server_clip: float = key(1.0, "server-side DP: clipping norm of each site's update")
@@ -197,14 +199,9 @@ class PrivacyConfig:
         check(self.epsilon > 0, "privacy.epsilon", self.epsilon, "use a positive epsilon, e.g. 8")
         check(self.budget >= 0, "privacy.budget", self.budget, "use 0 (= epsilon) or a positive value")
         check(0 <= self.delta < 1, "privacy.delta", self.delta, "use 0 (auto) or a value below 1/n")
-        check(self.max_grad_norm >= 0, "privacy.max-grad-norm", self.max_grad_norm,
-              "use 0 (not set: the DP recipe decides) or a norm > 0")
-        check(self.batch_size >= 0, "privacy.batch-size", self.batch_size,
-              "use 0 (not set) or an expected batch >= 1")
-        check(self.local_epochs >= 0, "privacy.local-epochs", self.local_epochs,
-              "use 0 (not set) or a number of passes > 0")
-        check(self.learning_rate >= 0, "privacy.learning-rate", self.learning_rate,
-              "use 0 (not set) or a rate > 0")
+        for name in ("max-grad-norm", "batch-size", "local-epochs", "learning-rate"):
+            value = getattr(self, name.replace("-", "_"))
+            check(value >= 0, f"privacy.{name}", value, "use 0 (not set: the DP recipe decides) or a positive value")
         check(self.probe_rounds >= -1, "privacy.probe-rounds", self.probe_rounds,
               "use -1 (not set), 0 (no probing) or a number of rounds")
         check(self.accountant in ("rdp", "prv"), "privacy.accountant", self.accountant,
