@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from client.dp_fit import site_recipe  # privacy.max-grad-norm 0 = not set: the recipe's clip
 from client.dp_trainer import train_dp
 from client.privacy import secure_rng, secure_seed
 from client.site import Site
@@ -68,7 +69,7 @@ def _finetune_dp(site: Site, tcfg, sched: Schedule, *, steps: int, run: str, epo
         ledger.check(run, 1)
         train_dp(site.model, data, cfg=tcfg, schedule=sched, rng=secure_rng(), steps=steps,
                  sample_rate=q, noise_multiplier=plan.noise_multiplier,
-                 max_grad_norm=cfg.privacy.max_grad_norm, pad_id=site.pad_id, loss=site.loss)
+                 max_grad_norm=site_recipe(site)[0].clip, pad_id=site.pad_id, loss=site.loss)
         ledger.record(run, 1)
 
 
