@@ -201,10 +201,14 @@ def _run(cfg, *, out: Path, runner: str, trial, metric: str) -> tuple[list[float
             _run_inproc(cfg, out=out, before_round=before_round)
         except _Pruned:
             return curve(_rows(out)), True
-    else:  # a real Flower simulation has no hook between rounds: values are reported afterwards
-        from fedtune.simulate import simulate
+        values = curve(_rows(out))  # rounds but the last were reported before the next one
+        if values:
+            trial.report(values[-1], len(values) - 1)
+        return values, False
+    # a real Flower simulation has no hook between rounds: values are reported afterwards
+    from fedtune.simulate import simulate
 
-        simulate(cfg, out=out, quiet=True)
+    simulate(cfg, out=out, quiet=True)
     values = curve(_rows(out))
     for step, value in enumerate(values):
         trial.report(value, step)
