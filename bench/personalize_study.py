@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.inproc import run_inprocess
     from client.personalize import finetune
     from client.site import clear_sites, get_site, site_facts
-    from common.config import from_flat, parse_sets
+    from common.config import from_flat, load_toml, parse_sets
     from common.model import model_fingerprint, resolve_base
     from server import checkpoint
 
@@ -47,6 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--personalize-epochs", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=str(ROOT / "bench" / "results" / "skew_work" / "study"))
+    ap.add_argument("--variants", default="",
+                    help="epochs:lr-scale pairs, e.g. 3:1,4:1 (run only these; merged into an earlier result)")
     args = ap.parse_args(argv)
     work = Path(args.work)
     pool, _ = split_data(work, rows=args.rows, heldout=args.heldout, seed=args.seed)
@@ -59,17 +61,19 @@ def main(argv: list[str] | None = None) -> int:
     if not (run / "summary.json").is_file():
         run_inprocess(cfg, out=run, log=work / "fedavg.log")
     summary = json.loads((run / "summary.json").read_text())
-    cfg = from_flat(parse_sets([f"output.run-dir={run.resolve()}",
-                                f"task.labels=@{(run / 'labels.txt').resolve()}"]), base=cfg, origin="study")
+    cfg = from_flat(load_toml(run / "config.toml"), origin="study")  # what the sites ran with
     ckpt = checkpoint.load(run, config_hash=cfg.hash(), base_sha256=model_fingerprint(resolve_base(cfg.model)))
-    results: dict[str, dict[str, float]] = {}
+    variants = [tuple(float(x) for x in v.split(":")) for v in args.variants.split(",") if v] or VARIANTS
+    earlier = ROOT / "bench" / "results" / "personalize.json"
+    results: dict[str, dict[str, float]] = \
+        json.loads(earlier.read_text())["sites"] if args.variants and earlier.is_file() else {}
     t0 = time.perf_counter()
     for i in range(args.sites):
         site = get_site(cfg, site_facts({"partition-id": i}, cfg))
         name = site.facts.name
-        results[name] = {"local_only": summary["per_site"][name]["local_accuracy"],
-                         "global": summary["per_site"][name]["accuracy"]}
-        for epochs, scale in VARIANTS:
+        results.setdefault(name, {}).update({"local_only": summary["per_site"][name]["local_accuracy"],
+                                             "global": summary["per_site"][name]["accuracy"]})
+        for epochs, scale in variants:
             state = finetune(site, ckpt.arrays, epochs=epochs, run="study", lr_scale=scale)
             results[name][f"{epochs:g}ep_lr{scale:g}"] = site.evaluate(state, split="test")["accuracy"]
         clear_sites()
