@@ -5,8 +5,12 @@ default LoRA r=16 on every linear layer, all cores as one site gets with concurr
   groups, schedule, grad clipping) vs a plain PEFT + PyTorch loop written here (HF
   DataCollatorWithPadding = pad to longest per batch, AdamW, no bucketing), and the same plain loop
   fed fedtune's bucketed batches; same model weights, data, batch size and steps.
-* DP-SGD (client/dp_trainer.train_dp, Poisson batches, per-example clipping) vs non-DP
-  (client/trainer.train), same model and steps.
+* DP vs non-DP local training (client/trainer.train, the default LoRA): the DP default (the size
+  rule of common/dp_recipe.py: DP linear probing — the head's inputs computed once by a forward
+  pass, then closed-form per-record gradients, client/dp_head.py), and DP-SGD over the FFA-LoRA
+  adapter with Opacus (client/dp_trainer.train_dp, what privacy.probe-rounds=0 trains), with and
+  without length-sorted micro-batches. Samples/s = records the DP steps drew / wall time,
+  the forward pass that computes the head's inputs included.
 * the share of the machine's matmul limit, measured in this run, that training reaches.
 
 FLOPs per sample: 2 x P_tok x T forward (P_tok = weights of every Linear applied per token:
@@ -95,6 +99,41 @@ def _plain_loop(model, tokenizer, enc, *, batch_size: int, lr: float, sampler=No
     return seen, time.perf_counter() - t0, padded
 
 
+def _dp_model(h, num_labels: int):
+    """The model a DP site trains: mean pooling and FFA-LoRA (lora_A frozen), as privacy.dp resolves."""
+    from common.adapter import FFA_FROZEN
+    from common.model import build_model
+
+    cfg = h.config("banking77", ["privacy.dp=true"])
+    model = build_model(cfg.model, num_labels=num_labels, seed=0).model
+    for name, p in model.named_parameters():
+        if any(part in name for part in FFA_FROZEN):
+            p.requires_grad = False
+    return model
+
+
+def _dp_probe(model, enc, *, pad: int, seed: int) -> float:
+    """Samples/s of one round of the DP default (DP linear probing by the size rule), cold cache."""
+    from client.dp_head import find_head, head_inputs, train_head_dp
+    from client.dp_units import units_of
+    from client.trainer import Schedule
+    from common.dp_recipe import auto_recipe
+
+    recipe = auto_recipe(units=len(enc), unit="record", rounds=1)
+    t0 = time.perf_counter()
+    x = head_inputs(model, enc, pad_id=pad)
+    head = find_head(model)
+    opt = torch.optim.SGD(head.parameters(), lr=recipe.learning_rate, momentum=0.9)
+    for g in opt.param_groups:
+        g["base_lr"] = recipe.learning_rate
+    stats = train_head_dp(head, x, torch.tensor(np.asarray(enc.labels)), optimizer=opt,
+                          schedule=Schedule(0, recipe.steps_per_round, 0), kind="constant",
+                          steps=recipe.steps_per_round, units=units_of(None, len(enc)),
+                          sample_rate=recipe.sample_rate, rng=np.random.default_rng(seed),
+                          noise_multiplier=1.0, clip=recipe.clip, generator=torch.Generator().manual_seed(seed))
+    return stats["num_examples"] / (time.perf_counter() - t0)
+
+
 @contextlib.contextmanager
 def _one_piece_poisson_batches():
     import client.dp_trainer as dpt
@@ -128,8 +167,9 @@ def run(h) -> dict:
     real_tokens = sum(len(x) for x in enc.ids)
     plain = _plain_model(built.base, built, len(names))
 
-    best = {k: 0.0 for k in ("fedtune", "plain_no_bucketing", "plain_bucketed", "dp", "dp_one_piece",
-                             "non_dp")}
+    dp_model = _dp_model(h, len(names))
+    best = {k: 0.0 for k in ("fedtune", "plain_no_bucketing", "plain_bucketed", "dp", "dp_adapter",
+                             "dp_one_piece", "non_dp")}
     padded = {}
     for rep in range(reps):  # interleaved repeats, best kept: other load on the machine is noise
         h.say(f"  throughput repeat {rep + 1}/{reps}: fedtune, plain, plain+bucketing, DP ...")
@@ -146,14 +186,15 @@ def run(h) -> dict:
         seen, secs, padded["plain_bucketed"] = _plain_loop(plain, tok, enc, batch_size=bs,
                                                            lr=tcfg.learning_rate, sampler=groups)
         best["plain_bucketed"] = max(best["plain_bucketed"], seen / secs)
+        best["dp"] = max(best["dp"], _dp_probe(dp_model, enc, pad=pad, seed=rep))
         t0 = time.perf_counter()
-        dp = train_dp(built.model, enc, cfg=tcfg, schedule=sched, rng=np.random.default_rng(rep),
+        dp = train_dp(dp_model, enc, cfg=tcfg, schedule=sched, rng=np.random.default_rng(rep),
                       steps=steps, sample_rate=bs / n, noise_multiplier=1.0, max_grad_norm=1.0,
                       pad_id=pad)
-        best["dp"] = max(best["dp"], dp["num_examples"] / (time.perf_counter() - t0))
+        best["dp_adapter"] = max(best["dp_adapter"], dp["num_examples"] / (time.perf_counter() - t0))
         with _one_piece_poisson_batches():  # the same DP step without micro-batching
             t0 = time.perf_counter()
-            dp = train_dp(built.model, enc, cfg=tcfg, schedule=sched, rng=np.random.default_rng(rep),
+            dp = train_dp(dp_model, enc, cfg=tcfg, schedule=sched, rng=np.random.default_rng(rep),
                           steps=steps, sample_rate=bs / n, noise_multiplier=1.0, max_grad_norm=1.0,
                           pad_id=pad)
             best["dp_one_piece"] = max(best["dp_one_piece"], dp["num_examples"] / (time.perf_counter() - t0))
@@ -172,6 +213,7 @@ def run(h) -> dict:
         "ratios": {"fedtune_over_plain": best["fedtune"] / best["plain_no_bucketing"],
                    "fedtune_over_plain_bucketed": best["fedtune"] / best["plain_bucketed"],
                    "dp_over_non_dp": best["dp"] / best["non_dp"],
+                   "dp_adapter_over_non_dp": best["dp_adapter"] / best["non_dp"],
                    "dp_one_piece_over_non_dp": best["dp_one_piece"] / best["non_dp"]},
         "matmul": mm, "params_per_token": p_tok, "params_per_sample": p_cls,
         "mean_tokens": t_mean, "flops_per_sample_fwd": fwd, "flops_per_sample_train_x3": 3 * fwd,
@@ -189,12 +231,15 @@ def table(res: dict) -> str:
              f"{p['plain_no_bucketing']:.2f} |",
              f"| plain PEFT loop + fedtune's bucketed batches | {s['plain_bucketed']:.1f} | "
              f"{p['plain_bucketed']:.2f} |",
-             f"| DP-SGD (train_dp, Poisson q={res['batch_size']}/{res['samples']}, length-sorted "
-             f"micro-batches) | {s['dp']:.1f} | - |",
-             f"| DP-SGD, each Poisson batch in one piece (padded to its longest row) | "
+             f"| DP default: DP linear probing by the size rule (head inputs computed once, "
+             f"closed-form per-record gradients) | {s['dp']:.1f} | - |",
+             f"| DP-SGD over the FFA-LoRA adapter (Opacus, Poisson q={res['batch_size']}/{res['samples']}, "
+             f"length-sorted micro-batches; privacy.probe-rounds=0) | {s.get('dp_adapter', float('nan')):.1f} | - |",
+             f"| the same, each Poisson batch in one piece (padded to its longest row) | "
              f"{s.get('dp_one_piece', float('nan')):.1f} | - |",
              "", f"fedtune / plain = **{r['fedtune_over_plain']:.2f}x** (vs plain + bucketing "
-             f"{r['fedtune_over_plain_bucketed']:.2f}x); DP / non-DP = **{r['dp_over_non_dp']:.2f}x**.",
+             f"{r['fedtune_over_plain_bucketed']:.2f}x); DP / non-DP = **{r['dp_over_non_dp']:.2f}x** "
+             f"(DP default; DP-SGD over the adapter {r.get('dp_adapter_over_non_dp', float('nan')):.2f}x).",
              f"Matmul limit {res['matmul']['gflops']:.1f} GFLOP/s; model {res['params_per_token']:,} "
              f"matmul weights per token, {res['mean_tokens']:.1f} real tokens per sample -> "
              f"{res['flops_per_sample_train_x3'] / 1e6:.0f} MFLOP per training sample (x3); training "

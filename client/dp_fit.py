@@ -17,6 +17,7 @@ import sys
 import numpy as np
 import torch
 
+from client.accounting import calibrate_noise
 from client.dp_head import find_head, head_inputs, train_head_dp
 from common.dp_recipe import Recipe, resolve_recipe
 from client.dp_trainer import train_dp
@@ -30,28 +31,37 @@ def site_units(site) -> Units:
     return units_of(getattr(site, "train_groups", None), len(site.splits["train"]))
 
 
-def site_recipe(site) -> tuple[Recipe, Units]:
-    """The site's recipe, said once in its log (stderr) the first time it is resolved."""
-    units = site_units(site)
-    recipe = resolve_recipe(site.cfg, units=units.count, unit=units.kind)
+def site_recipe(site, *, ledger=None) -> tuple[Recipe, Units]:
+    """The site's recipe (the size rule asks the site's own accountant, at its ledger's delta, for
+    the noise of the candidate step counts), said once in its log (stderr). Pass the `ledger`
+    when the caller holds (or will hold) its lock: a second ledger object would wait on it."""
+    cfg, units = site.cfg, site_units(site)
+    ledger = ledger or site.ledger()
+    delta = ledger.fixed_delta()
+    key = (cfg.hash(), units.kind, units.count, delta, ledger.accountant)
     cache = site.dp_cache
-    if cache.get("said") != recipe:
-        cache["said"] = recipe
-        print(f"fedtune {site.facts.name}: DP recipe — {recipe.describe(site.cfg.federation.rounds)}",
+    if cache.get("recipe_key") != key:
+        def sigma_of(q: float, steps: int) -> float:
+            return calibrate_noise([], sample_rate=q, steps=steps, target_epsilon=cfg.privacy.epsilon,
+                                   delta=delta, accountant=ledger.accountant)
+
+        recipe = resolve_recipe(cfg, units=units.count, unit=units.kind, sigma_of=sigma_of)
+        cache.update(recipe_key=key, recipe=recipe)
+        print(f"fedtune {site.facts.name}: DP recipe — {recipe.describe(cfg.federation.rounds)}",
               file=sys.stderr, flush=True)
-    return recipe, units
+    return cache["recipe"], units
 
 
 def fit_dp(site, *, server_round: int, run: str, rng: np.random.Generator,
            progress: bool = False) -> dict[str, float]:
     """Train round `server_round` of `run` under DP (the global state is already loaded)."""
     cfg = site.cfg
-    recipe, units = site_recipe(site)
+    ledger = site.ledger()
+    recipe, units = site_recipe(site, ledger=ledger)
     steps, rounds = recipe.steps_per_round, cfg.federation.rounds
     total = steps * rounds
     sched = Schedule(start_step=(server_round - 1) * steps, total_steps=total,
                      warmup_steps=0 if recipe.head_only(server_round) else int(cfg.train.warmup_ratio * total))
-    ledger = site.ledger()
     with ledger.locked():  # plan -> check -> train -> record: one critical section per site
         plan = ledger.plan(run, sample_rate=recipe.sample_rate, steps_per_round=steps, rounds=rounds,
                            run_epsilon=cfg.privacy.epsilon, unit=recipe.unit)

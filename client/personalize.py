@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from client.dp_fit import site_recipe  # privacy.max-grad-norm 0 = not set: the recipe's clip
+from client.dp_fit import site_recipe
 from client.dp_trainer import train_dp
 from client.privacy import secure_rng, secure_seed
 from client.site import Site
@@ -62,6 +62,7 @@ def _finetune_dp(site: Site, tcfg, sched: Schedule, *, steps: int, run: str, epo
     q = min(1.0, tcfg.batch_size / max(1, len(data)))
     share = epochs / (cfg.federation.rounds * cfg.train.local_epochs)
     ledger = site.ledger()
+    clip = site_recipe(site, ledger=ledger)[0].clip  # the DP recipe's clip (0 in the config = not set)
     torch.manual_seed(secure_seed())
     with ledger.locked():  # plan -> check -> train -> record, as Site._fit_dp
         plan = ledger.plan(run, sample_rate=q, steps_per_round=steps, rounds=1,
@@ -69,7 +70,7 @@ def _finetune_dp(site: Site, tcfg, sched: Schedule, *, steps: int, run: str, epo
         ledger.check(run, 1)
         train_dp(site.model, data, cfg=tcfg, schedule=sched, rng=secure_rng(), steps=steps,
                  sample_rate=q, noise_multiplier=plan.noise_multiplier,
-                 max_grad_norm=site_recipe(site)[0].clip, pad_id=site.pad_id, loss=site.loss)
+                 max_grad_norm=clip, pad_id=site.pad_id, loss=site.loss)
         ledger.record(run, 1)
 
 

@@ -105,6 +105,13 @@ class PrivacyLedger:
                           f"(ledger {self.path}): the site has lost data; reset the ledger explicitly",
                           "refused by site rule delta-below-one-over-n: the site's data shrank")
 
+    def fixed_delta(self) -> float:
+        """The lineage's delta, creating the lineage first when this is its first use (what a
+        run's planning will account at, known before the plan)."""
+        with self.locked():
+            self._ensure()
+            return self.delta
+
     @property
     def delta(self) -> float:  # fixed for the lineage's life: epsilons are comparable at one delta
         return float(self.lineage.get("delta", default_delta(self.n)))

@@ -11,9 +11,21 @@ makes DP-SGD useless at these data sizes (bench/dp_snr.py: the update's noise is
     privacy.learning-rate  DP linear probing's rate (SGD, momentum 0.9)              0 = not set
     privacy.max-grad-norm  per-unit clipping norm C                                  0 = not set
 
-When the run sets NONE of them, the site takes the sweep's winner for its size (`auto_recipe`,
-the rule documented in README "What DP costs, measured" and measured in
-bench/results/dp_sweep.md). When the run sets any, the unset ones keep the settings fedtune had
+When the run sets NONE of them, the site applies the size rule (`auto_recipe`; measured in
+bench/results/dp_screen.md and bench/results/dp_sweep.md, documented in README "What DP costs,
+measured"): DP linear probing of the head for the whole run, every unit in every step (q = 1:
+DP gradient descent), clip 0.2, and two numbers from the site's size U and the run's epsilon,
+through the accountant's noise multiplier sigma(S) for S full-batch steps:
+
+  * steps: the largest total S of 48, 24, 12 (spread over the run's rounds) whose noise per
+    step relative to the units, sigma(S) / U, is at most 0.012 (else 12) — more, smaller steps
+    while each step's noise is small against the summed signal;
+  * learning rate: lr x C = 0.2 U / (sigma(S) sqrt(S)), so that the noise the whole run adds
+    to a head weight (SGD: lr sigma C sqrt(S) / U) has the same standard deviation, 0.2, at
+    every size and epsilon. A bigger site or a larger epsilon therefore takes longer strides.
+
+On the demo's 3 banks (~1,150 records each, 6 rounds) this is 8 steps a round at epsilon 8 and
+3, 2 at epsilon 1. When the run sets any knob, the unset ones keep the settings fedtune had
 before the rule existed (train.batch-size, train.local-epochs, train.head-learning-rate, clip
 1.0, no probing), so a hand-tuned run is never half-overridden.
 
@@ -24,16 +36,18 @@ privacy is spent."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from common.config import RunConfig
+from common.errors import PrivacyBudgetExceeded
 
-# The rule (from bench/results/dp_sweep.md, demo partition, ~1,100-1,260 records per site):
-AUTO_CLIP = 0.3  # per-unit clip: small enough that most units are clipped (their direction counts)
-AUTO_STEP = 30.0  # learning rate x clip: the size of a step of the mean clipped gradient
-AUTO_BATCH_SHARE = 0.45  # expected batch = this share of the site's units ...
-AUTO_MIN_BATCH = 256  # ... but at least this many (all units when the site has fewer)
-AUTO_EPOCHS = 1.0  # passes over the units per round
+# The size rule (bench/dp_screen.py's grids on the demo partition at 1/4, 1/2 and all of each
+# site's records, epsilon 8, 3 and 1; see the module docstring):
+AUTO_CLIP = 0.2  # per-unit clip: below most units' gradient norm, so each unit counts by direction
+NOISE_TRAVEL = 0.2  # std of the noise the run adds to one head weight: lr sigma C sqrt(S) / U
+STEP_NOISE = 0.012  # take more steps while sigma / U stays at or below this
+TOTAL_STEPS = (48, 24, 12)  # candidate steps over the whole run, most first
 
 
 @dataclass(frozen=True)
@@ -62,7 +76,7 @@ class Recipe:
                 else "the adapter (DP-SGD)")
         return (f"{what}; unit {self.unit} ({self.units:,} at this site); expected batch {self.batch} "
                 f"(q={self.sample_rate:.3f}), {self.steps_per_round} steps a round, clip {self.clip:g}, "
-                f"probe learning rate {self.learning_rate:g} [{'the size rule' if self.source == 'auto' else 'run config'}]")
+                f"probe learning rate {self.learning_rate:.4g} [{'the size rule' if self.source == 'auto' else 'run config'}]")
 
 
 def user_set(cfg: RunConfig) -> bool:
@@ -72,18 +86,38 @@ def user_set(cfg: RunConfig) -> bool:
             or p.max_grad_norm > 0)
 
 
-def auto_recipe(*, units: int, unit: str, rounds: int) -> Recipe:
-    """The size rule: DP linear probing for the whole run, with a large expected batch."""
-    batch = min(units, max(AUTO_MIN_BATCH, round(AUTO_BATCH_SHARE * units)))
-    steps = max(1, math.ceil(AUTO_EPOCHS * units / batch))
-    return Recipe(source="auto", unit=unit, units=units, batch=batch, steps_per_round=steps,
-                  probe_rounds=rounds, learning_rate=AUTO_STEP / AUTO_CLIP, clip=AUTO_CLIP)
+def auto_recipe(*, units: int, unit: str, rounds: int,
+                sigma_of: Callable[[float, int], float]) -> Recipe:
+    """The size rule. `sigma_of(q, steps)` is the accountant's noise multiplier for `steps` steps
+    at sample rate q within the run's epsilon at the site's delta (PrivacyBudgetExceeded when
+    even the most noise the site accepts cannot pay for them)."""
+    chosen = None
+    for total in TOTAL_STEPS:
+        steps = max(1, round(total / rounds))
+        try:
+            sigma = sigma_of(1.0, steps * rounds)
+        except PrivacyBudgetExceeded:
+            continue
+        chosen = (steps, sigma)
+        if sigma / units <= STEP_NOISE:
+            break
+    if chosen is None:  # nothing affordable: the ledger will refuse the smallest, with its reason
+        steps, sigma = max(1, round(TOTAL_STEPS[-1] / rounds)), math.inf
+    else:
+        steps, sigma = chosen
+    eta = NOISE_TRAVEL * units / (sigma * math.sqrt(steps * rounds)) if math.isfinite(sigma) else 1.0
+    return Recipe(source="auto", unit=unit, units=units, batch=units, steps_per_round=steps,
+                  probe_rounds=rounds, learning_rate=eta / AUTO_CLIP, clip=AUTO_CLIP)
 
 
-def resolve_recipe(cfg: RunConfig, *, units: int, unit: str = "record") -> Recipe:
-    """The recipe of this run at a site with `units` privacy units."""
+def resolve_recipe(cfg: RunConfig, *, units: int, unit: str = "record",
+                   sigma_of: Callable[[float, int], float] | None = None) -> Recipe:
+    """The recipe of this run at a site with `units` privacy units (`sigma_of`: see auto_recipe;
+    needed only when the rule applies)."""
     if not user_set(cfg):
-        return auto_recipe(units=units, unit=unit, rounds=cfg.federation.rounds)
+        if sigma_of is None:
+            raise ValueError("the DP size rule needs the site's accountant (sigma_of)")
+        return auto_recipe(units=units, unit=unit, rounds=cfg.federation.rounds, sigma_of=sigma_of)
     p, t = cfg.privacy, cfg.train
     if not isinstance(t.batch_size, int) and p.batch_size <= 0:
         batch = 32  # train.batch-size = auto sizes non-DP batches to a GPU; DP keeps the old 32
@@ -107,8 +141,9 @@ def announce(cfg: RunConfig) -> str:
                                       ("local-epochs", p.local_epochs), ("learning-rate", p.learning_rate),
                                       ("max-grad-norm", p.max_grad_norm)) if v > 0 or (k == "probe-rounds" and v >= 0))
                 + " (unset ones: train.* and clip 1.0, no probing)")
-    return (f"DP recipe by the size rule (no privacy.batch-size/local-epochs/learning-rate/max-grad-norm/"
-            f"probe-rounds set): DP linear probing of the head for all {cfg.federation.rounds} rounds on "
-            f"{cfg.model.pooling}-pooled features, expected batch max({AUTO_MIN_BATCH}, "
-            f"{AUTO_BATCH_SHARE:g} x the site's units) capped at all of them, {AUTO_EPOCHS:g} pass a round, "
-            f"clip {AUTO_CLIP:g}, rate {AUTO_STEP / AUTO_CLIP:g}; each site logs its numbers")
+    return ("DP recipe by the size rule (no privacy.batch-size/local-epochs/learning-rate/"
+            f"max-grad-norm/probe-rounds set): DP linear probing of the head for all "
+            f"{cfg.federation.rounds} rounds on {cfg.model.pooling}-pooled features, every unit each "
+            f"step, clip {AUTO_CLIP:g}; steps and learning rate from each site's size and epsilon "
+            f"{cfg.privacy.epsilon:g} (the most of {'/'.join(map(str, TOTAL_STEPS))} steps with "
+            f"sigma/units <= {STEP_NOISE:g}; noise travel {NOISE_TRAVEL:g}); each site logs its numbers")

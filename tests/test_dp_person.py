@@ -153,8 +153,8 @@ def test_accounting_over_persons_and_unit_in_ledger_and_metrics(tmp_path, tiny_m
     for rnd in (1, 2):
         state, stats = site.fit(state, server_round=rnd, run="r")
     plan = [e for e in journal_entries(tmp_path / "s") if e["kind"] == "plan"][0]
-    batch = 8 if not probe else min(persons, max(256, round(0.45 * persons)))
-    assert plan["unit"] == "person" and plan["sample_rate"] == pytest.approx(min(1.0, batch / persons))
+    q = 8 / persons if not probe else 1.0  # the size rule: every person in every step
+    assert plan["unit"] == "person" and plan["sample_rate"] == pytest.approx(q)
     rounds = [e for e in journal_entries(tmp_path / "s") if e["kind"] == "round"]
     assert [e["unit"] for e in rounds] == ["person", "person"]
     assert stats["privacy_unit_person"] == 1.0 and stats["epsilon"] <= 2 + 1e-6
@@ -173,8 +173,7 @@ def test_without_a_group_column_the_unit_is_the_record(tmp_path, tiny_model_dir)
     _, stats = site.fit(get_state(site.model, exclude=site.exclude), server_round=1, run="r")
     assert stats["privacy_unit_person"] == 0.0 and site.ledger().unit() == "record"
     plan = [e for e in journal_entries(tmp_path / "s") if e["kind"] == "plan"][0]
-    n = len(site.splits["train"])
-    assert plan["unit"] == "record" and plan["sample_rate"] == pytest.approx(min(1.0, max(256, round(0.45 * n)) / n))
+    assert plan["unit"] == "record" and plan["sample_rate"] == pytest.approx(1.0)
 
 
 def test_probe_round_changes_only_the_head_and_noise_is_not_seeded(tmp_path, tiny_model_dir):

@@ -23,13 +23,21 @@ def _cfg(*sets):
                           "train.local-epochs=1", *sets])
 
 
+def _sigma_of(eps: float, n: int):
+    from client.accounting import calibrate_noise, default_delta
+
+    return lambda q, steps: calibrate_noise([], sample_rate=q, steps=steps, target_epsilon=eps,
+                                            delta=default_delta(n), accountant="rdp")
+
+
 def test_rule_applies_only_when_no_dp_knob_is_set():
-    auto = dp_recipe.resolve_recipe(_cfg(), units=1152)
-    assert auto.source == "auto" and auto == dp_recipe.auto_recipe(units=1152, unit="record", rounds=4)
-    assert auto.probe_rounds == 4 and auto.batch == round(dp_recipe.AUTO_BATCH_SHARE * 1152)
+    with pytest.raises(ValueError):  # the rule needs the site's accountant
+        dp_recipe.resolve_recipe(_cfg(), units=1152)
+    auto = dp_recipe.resolve_recipe(_cfg(), units=1152, sigma_of=_sigma_of(8.0, 1152))
+    assert auto.source == "auto" and auto.probe_rounds == 4 and auto.batch == 1152
     assert auto.clip == dp_recipe.AUTO_CLIP
     for knob in KNOBS:  # any one knob set: the rule is out, the rest keep the old settings
-        r = dp_recipe.resolve_recipe(_cfg(knob), units=1152)
+        r = dp_recipe.resolve_recipe(_cfg(knob), units=1152)  # no accountant asked
         assert r.source == "run", knob
         assert r.batch == (64 if "batch-size" in knob else 32)
         assert r.clip == (0.5 if "max-grad-norm" in knob else 1.0)
@@ -37,10 +45,24 @@ def test_rule_applies_only_when_no_dp_knob_is_set():
         assert r.steps_per_round == -(-(2 if "epochs" in knob else 1) * 1152 // r.batch)
 
 
-def test_rule_by_size_and_not_set_values_survive_flowers_flat_config():
-    small, big = (dp_recipe.auto_recipe(units=n, unit="record", rounds=6) for n in (120, 20_000))
-    assert small.batch == 120 and small.sample_rate == 1.0  # a small site: every unit, every step
-    assert big.batch == round(dp_recipe.AUTO_BATCH_SHARE * 20_000) and big.sample_rate < 1.0
+@pytest.mark.parametrize("n,eps,per_round", [(1152, 8.0, 8), (1152, 3.0, 8), (1152, 1.0, 2),
+                                             (576, 3.0, 4), (288, 8.0, 4)])
+def test_size_rule_steps_and_noise_travel(n, eps, per_round):
+    """The rule's numbers on the screened sizes (bench/dp_screen.py: the best step counts there),
+    and the learning rate that keeps the run's noise travel at NOISE_TRAVEL."""
+    import math
+
+    sigma_of = _sigma_of(eps, n)
+    r = dp_recipe.auto_recipe(units=n, unit="record", rounds=6, sigma_of=sigma_of)
+    assert r.sample_rate == 1.0 and r.steps_per_round == per_round
+    steps = per_round * 6
+    travel = r.learning_rate * sigma_of(1.0, steps) * r.clip * math.sqrt(steps) / n
+    assert travel == pytest.approx(dp_recipe.NOISE_TRAVEL, rel=1e-6)
+    bigger = dp_recipe.auto_recipe(units=4 * n, unit="record", rounds=6, sigma_of=_sigma_of(eps, 4 * n))
+    assert bigger.learning_rate > r.learning_rate  # a bigger site takes longer strides
+
+
+def test_not_set_values_survive_flowers_flat_config():
     flat = resolve(None, ["privacy.dp=true"]).to_flat()  # what reaches a site through Flower
     assert not dp_recipe.user_set(from_flat(flat))
     flat["privacy.max-grad-norm"] = 1.0  # an explicit value, even the old default, counts as set
