@@ -57,7 +57,7 @@ def probe(model: torch.nn.Module, data: Encoded, *, cfg: TrainConfig, loss: Loss
     accel = accel_for(cfg)
     place(model, accel.device)
     if loss.class_weights is not None:
-        loss = Loss(class_weights=loss.class_weights.to(accel.device), focal_gamma=loss.focal_gamma)
+        loss = loss.to(accel.device)
     order = sorted(range(len(data)), key=lambda i: -len(data.ids[i]))
     limit = min(cap, 1 << max(0, (len(data) - 1).bit_length()))
     best, size = 0, 1

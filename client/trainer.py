@@ -164,7 +164,7 @@ def train(model: torch.nn.Module, data: Encoded, *, cfg: TrainConfig, schedule: 
     model.train()
     loss = loss or Loss()
     if loss.class_weights is not None and accel.device.type != "cpu":
-        loss = Loss(class_weights=loss.class_weights.to(accel.device), focal_gamma=loss.focal_gamma)
+        loss = loss.to(accel.device)
     opt = make_optimizer(model, cfg)
     scaler = accel.scaler()
     params = [p for g in opt.param_groups for p in g["params"]]

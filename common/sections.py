@@ -135,6 +135,9 @@ class TrainConfig:
     loss: str = key("ce", "classification loss: ce | focal")
     focal_gamma: float = key(2.0, "focal loss focusing parameter (0 = cross-entropy)")
     tune_threshold: bool = key(False, "binary: predict with the threshold tuned on the val split")
+    absent_class_scale: float = key(1.0, "FedRS restricted softmax against label skew: in training, the "
+                                    "logits of classes absent from the site's own train split are scaled "
+                                    "by this; 1 = off, 0.5 is FedRS' usual value")
 
     def __post_init__(self) -> None:
         check(self.optimizer in OPTIMIZERS, "train.optimizer", self.optimizer,
@@ -160,6 +163,8 @@ class TrainConfig:
         check(self.max_grad_norm >= 0, "train.max-grad-norm", self.max_grad_norm,
               "use 0 (off) or a positive norm")
         check(self.threads >= 0, "train.threads", self.threads, "use 0 (auto) or a count")
+        check(0 <= self.absent_class_scale <= 1, "train.absent-class-scale", self.absent_class_scale,
+              "use 1 (off) or a scale in [0, 1), e.g. 0.5")
 
 
 @dataclass
