@@ -41,7 +41,7 @@ def train_dp(model: torch.nn.Module, data: Encoded, *, cfg: TrainConfig, schedul
     model.train()
     loss = loss or Loss()
     if loss.class_weights is not None:
-        loss = Loss(class_weights=loss.class_weights.to(device), focal_gamma=loss.focal_gamma)
+        loss = loss.to(device)
     gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean")
     # Noise from a generator seeded by the OS CSPRNG (never train.seed, which the coordinator
     # sends), in Opacus' secure mode (robust to floating-point attacks on the Gaussian sampler).
