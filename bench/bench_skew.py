@@ -59,7 +59,7 @@ def base_config(args, pool: Path, *, sites: int, alpha: float):
         f"simulation.data={pool}", f"task.labels=@{pool.parent / 'labels.txt'}", f"simulation.sites={sites}", f"simulation.partition=dirichlet:{alpha}",
         f"federation.rounds={args.rounds}", f"train.local-epochs={args.local_epochs}",
         f"federation.evaluate-every={args.rounds}", f"data.split={args.split}", "train.threads=2",
-        f"federation.min-sites={min(2, sites)}"])
+        f"federation.min-sites={min(2, sites)}", *args.sets])
 
 
 class Heldout:
@@ -189,7 +189,8 @@ def table(doc: dict) -> str:
              f"site's train split; centralized the same epochs of their union); personalization "
              f"{s['personalize_epochs']:g} epoch(s) at each site after the last round; site splits "
              f"{s['split']} (train,val,test); demo model config (MiniLM, LoRA r=16, head from label "
-             f"names); FedProx mu {s['mu']}. {s['machine']}.", "",
+             f"names); FedProx mu {s['mu']}"
+             + (f"; extra config {' '.join(s['sets'])}" if s.get("sets") else "") + f". {s['machine']}.", "",
              "| sites | alpha | pooled held-out: central | FedAvg (% of central) | FedProx (%) | own test "
              "mean / worst: local-only | FedAvg | FedProx | FedAvg+pers | central | sites below local-only: "
              "FedAvg | FedProx | FedAvg+pers |",
@@ -209,6 +210,17 @@ def table(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_overview(out: Path) -> None:
+    """skew.md: the grid's table, then every variant's (skew_<tag>.json) under its own heading."""
+    if not (out / "skew.json").is_file():
+        return
+    parts = ["# Skew benchmark (bench/bench_skew.py)\n", table(json.loads((out / "skew.json").read_text()))]
+    for path in sorted(out.glob("skew_*.json")):
+        doc = json.loads(path.read_text())
+        parts += [f"\n## Variant `{path.stem[5:]}`: {' '.join(doc['setup'].get('sets', []))}\n", table(doc)]
+    (out / "skew.md").write_text("\n".join(parts), encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sites", default="3,10")
@@ -224,6 +236,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default=str(ROOT / "bench" / "results" / "skew_work"),
                     help="cache of finished pieces (a rerun skips them)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--set", action="append", default=[], dest="sets", metavar="KEY=VALUE",
+                    help="extra config for every method (e.g. train.absent-class-scale=0.5); needs --tag")
+    ap.add_argument("--tag", default="", help="a variant's name: results in skew_<tag>.{json,md}, "
+                    "and as a section of skew.md")
     ap.add_argument("--quick", action="store_true", help="tiny smoke run (2 sites, 1 alpha)")
     args = ap.parse_args(argv)
     if args.quick:
@@ -232,7 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    work = Path(args.work) / f"rows{args.rows}-held{args.heldout}-r{args.rounds}x{args.local_epochs}-p{args.personalize_epochs}-seed{args.seed}"
+    if args.sets and not args.tag:
+        raise SystemExit("--set needs --tag (its results are a variant of the grid)")
+    work = Path(args.work) / (f"rows{args.rows}-held{args.heldout}-r{args.rounds}x{args.local_epochs}"
+                              f"-p{args.personalize_epochs}-seed{args.seed}" + (f"-{args.tag}" if args.tag else ""))
     pool, held = split_data(work, rows=args.rows, heldout=args.heldout, seed=args.seed)
     cells = []
     for sites in [int(x) for x in args.sites.split(",")]:
@@ -250,8 +269,11 @@ def main(argv: list[str] | None = None) -> int:
                "local_only_own_test_mean": c["summary"]["own_test"]["local_only"]["mean"]} for c in cells}}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "skew.json").write_text(json.dumps(doc, indent=1), encoding="utf-8")
-    (out / "skew.md").write_text("# Skew benchmark (bench/bench_skew.py)\n\n" + table(doc), encoding="utf-8")
+    name = f"skew_{args.tag}" if args.tag else "skew"
+    (out / f"{name}.json").write_text(json.dumps(doc, indent=1), encoding="utf-8")
+    (out / f"{name}.md").write_text(f"# Skew benchmark (bench/bench_skew.py{' --tag ' + args.tag if args.tag else ''})\n\n"
+                                    + table(doc), encoding="utf-8")
+    write_overview(out)
     print(table(doc))
     return 0
 
