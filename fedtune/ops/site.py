@@ -64,6 +64,36 @@ def _default_index(name: str) -> int:
     return int(hashlib.sha256(name.encode()).hexdigest()[:6], 16)
 
 
+def _checked_transport(*, host: str, ca: Path | None, key: Path | None, insecure: bool,
+                       site_dir: Path) -> tuple[Path | None, Path | None]:
+    """(ca, key) to hand Flower, after the TLS/--insecure rules (None, None when insecure)."""
+    if insecure:
+        require_loopback(host, what="--coordinator", fix="Connect with TLS: --ca FILE --key FILE.")
+        print("fedtune: WARNING --insecure: this site talks to the coordinator WITHOUT TLS and "
+              "without authenticating; use only for a local demo.", file=sys.stderr, flush=True)
+        return None, None
+    if ca is None or key is None:
+        raise ConfigError("site start needs --ca FILE (the federation's ca.crt) and --key FILE "
+                          "(this site's private key), or --insecure for a local demo")
+    if not ca.is_file():
+        raise ConfigError(f"--ca {ca} does not exist: use the ca.crt from your site folder")
+    return ca, _check_key(key, site_dir=site_dir.resolve())
+
+
+def supernode_command(*, superlink: str, port: int, site_dir: Path, ca: Path | None,
+                      key: Path | None) -> list[str]:
+    """Flower's SuperNode with shorter idle waits (client/supernode.py): a queue on a loopback
+    runtime port, served by this site's runtime only (HMAC secret in the site dir)."""
+    cmd = [sys.executable, "-P", "-m", "client.supernode", "--superlink", superlink,
+           "--host", "127.0.0.1", "--port", str(port), "--isolation", "process",
+           "--superexec-auth-secret-file", str(site_dir / "runtime.secret"),
+           "--node-config", str(site_dir / "node-config.toml")]
+    if ca is None:
+        return cmd + ["--insecure"]
+    return cmd + ["--root-certificates", str(ca.resolve()), "--auth-supernode-private-key",
+                  str(key.resolve())]
+
+
 def start(*, coordinator: str, ca: Path | None, key: Path | None, data: Path, site_dir: Path,
           name: str, port: int = DEFAULT_PORT, policy: Path | None = None, insecure: bool = False,
           index: int | None = None, metrics: dict | None = None) -> int:
@@ -75,40 +105,18 @@ def start(*, coordinator: str, ca: Path | None, key: Path | None, data: Path, si
     if not data.is_file():
         raise ConfigError(f"--data {data} does not exist: give this site's local data file "
                           "(CSV/JSONL/Parquet with text and label columns)")
-    if insecure:
-        require_loopback(host, what="--coordinator", fix="Connect with TLS: --ca FILE --key FILE.")
-        print("fedtune: WARNING --insecure: this site talks to the coordinator WITHOUT TLS and "
-              "without authenticating; use only for a local demo.", file=sys.stderr, flush=True)
-        ca = key = None
-    else:
-        if ca is None or key is None:
-            raise ConfigError("site start needs --ca FILE (the federation's ca.crt) and --key FILE "
-                              "(this site's private key), or --insecure for a local demo")
-        if not ca.is_file():
-            raise ConfigError(f"--ca {ca} does not exist: use the ca.crt from your site folder")
-        key = _check_key(key, site_dir=site_dir.resolve())
+    ca, key = _checked_transport(host=host, ca=ca, key=key, insecure=insecure, site_dir=site_dir)
     site_dir = site_dir.resolve()
     site_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     values = node_config(data=data, site_dir=site_dir, name=name,
                          index=_default_index(name) if index is None else index, policy=policy)
     write_node_config(site_dir / "node-config.toml", values)
-
-    state = tls_preflight(host, cport, ca=ca)
-    if state == "unreachable":
+    if tls_preflight(host, cport, ca=ca) == "unreachable":
         print(f"fedtune: coordinator {coordinator} not reachable yet; the site keeps retrying",
               flush=True)
     env, marker = ops_env(site_dir / "flwr-home")
     secret = _new_secret(site_dir / "runtime.secret")
-    # Flower's SuperNode with shorter idle waits (client/supernode.py); same arguments
-    cmd = [sys.executable, "-P", "-m", "client.supernode", "--superlink", f"{host}:{cport}",
-           "--host", "127.0.0.1", "--port", str(port), "--isolation", "process",
-           "--superexec-auth-secret-file", str(site_dir / "runtime.secret"),
-           "--node-config", str(site_dir / "node-config.toml")]
-    if insecure:
-        cmd.append("--insecure")
-    else:
-        cmd += ["--root-certificates", str(ca.resolve()), "--auth-supernode-private-key",
-                str(key.resolve())]
+    cmd = supernode_command(superlink=f"{host}:{cport}", port=port, site_dir=site_dir, ca=ca, key=key)
     print(f"site {name}: data {data}; policy {policy or 'none'}; connecting to {coordinator}",
           flush=True)
 
