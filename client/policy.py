@@ -1,45 +1,21 @@
 """A site's own policy: which federation runs it agrees to train in.
 
-The site writes a TOML file (never sent to the coordinator) with top-level keys:
-
-    max-epsilon = 8.0                  # refuse runs without DP, or with a larger epsilon (omit: no DP needed)
-    base-model-sha256 = ["9f2c..."]    # allowed base models (common.model.model_fingerprint); [] = any
-    task-types = ["classification"]    # allowed task.type values; [] = any
-    share-metrics = true               # false: replies carry only num-examples, no accuracy/loss
-    min-rows = 200                     # refuse to train on fewer training rows than this
-    privacy-budget = 10.0              # this site's lifetime epsilon cap (client/privacy.py); omit: the run's
-    max-delta = 1e-5                   # refuse a DP run whose privacy.delta is larger (always: delta < 1/n)
-    require-scrub = true               # the run may not switch data.scrub-pii off (default true)
-    allow-augment-under-dp = false     # augmented copies multiply a person's records (default false)
-    max-rounds-per-run = 10            # refuse runs with more federation.rounds (0 = no cap, default)
-    allow-full-finetune = true         # false: refuse model.finetune = "full" (default true)
-    allow-local-models-under-dp = false  # under DP, train the local-only baseline / personalized
-                                         # adapter (federation.baselines, personalize-epochs): they
-                                         # spend epsilon in the site's ledger (default false: skipped)
-    secagg-min-cohort = 3              # SecAgg+: fewest sites in a masked round (client/secagg.py)
-    secagg-min-threshold = 0.5         # SecAgg+: reconstruction threshold must be > this x cohort
+The site writes a TOML file, never sent to the coordinator; every key, its meaning and its
+default are documented in deploy/site-policy.example.toml (max-epsilon, privacy-budget,
+base-model-sha256, task-types, share-metrics, min-rows, app-sha256, and the privacy rules a run
+config cannot override: require-scrub, allow-augment-under-dp, max-delta, max-rounds-per-run,
+allow-full-finetune, allow-local-models-under-dp, secagg-min-cohort, secagg-min-threshold).
 
 `fedtune site start --policy FILE` validates it once and hands the values to the ClientApp as
-node config (flat scalars, since Flower's node config allows nothing else):
+flat node config (Flower's node config allows nothing else): `policy-file`, and `policy-<key>`
+for each key (lists comma-separated, absent = not set); `privacy-budget` keeps its name (the
+ledger's cap) and `app-sha256` is read from the file by the runtime itself (client/runtime.py). `SitePolicy.to_node_config` and
+`policy_from_node_config` are the two directions of that mapping.
 
-    policy-file           str    the file, for messages
-    policy-max-epsilon    float  absent = no DP requirement
-    policy-base-sha256    str    comma-separated sha256 list ("" = any)
-    policy-task-types     str    comma-separated task types ("" = any)
-    policy-share-metrics  bool
-    policy-min-rows       int
-    privacy-budget        float  (only when set) the key client/site.py reads for the ledger's cap
-    policy-max-delta      float  (only when set)
-    policy-require-scrub, policy-allow-augment-under-dp, policy-allow-full-finetune   bool
-    policy-allow-local-models-under-dp   bool
-    policy-max-rounds-per-run  int;  policy-secagg-min-cohort  int;  policy-secagg-min-threshold float
-
-`site_policy(node_config)` is the policy to apply: the file's, or the safe defaults above when
-the site gave none (the privacy rules hold even at a site without a policy file).
-
-The ClientApp calls `enforce_policy(context.node_config, cfg, rows=...)` at the top of every
-handler; a refused run raises `PolicyViolation`, which Flower returns to the coordinator as the
-reply's error (the coordinator logs it under FAILED for that round).
+`site_policy(node_config)` is the policy to apply: the file's, or the safe defaults when the site
+gave none (the privacy rules hold even at a site without a policy file). The ClientApp calls
+`enforce_policy(context.node_config, cfg, rows=...)` at the top of every handler; a refused run
+raises `PolicyViolation`, whose code and fixed reason are all the coordinator receives.
 """
 
 from __future__ import annotations
