@@ -96,9 +96,10 @@ def federate(feats: dict, *, batch: float, epochs: float, rounds: int, clip: flo
             if fraction < 1.0:  # a smaller site: the first rows of its (shuffled) train split
                 x, y = x[:round(fraction * len(y))], y[:round(fraction * len(y))]
             n = len(y)
-            q = min(1.0, share if share else batch / n)
-            per_round = steps or max(1, math.ceil(epochs * n / batch))
-            if rule:
+            if not rule:
+                q = min(1.0, share if share else batch / n)
+                per_round = steps or max(1, math.ceil(epochs * n / batch))
+            else:
                 rec = auto_recipe(units=n, unit="record", rounds=rounds,
                                   sigma_of=lambda q_, s_: _sigma(q_, s_, eps, n))
                 q, per_round, site_lr, site_clip = rec.sample_rate, rec.steps_per_round, rec.learning_rate, rec.clip
