@@ -129,17 +129,23 @@ def one_run(name: str, *, eps: float, out: Path, data: str | None = None,
             "wall_s": time.time() - t0, "date": time.strftime("%Y-%m-%d %H:%M")}
 
 
+def _spread(r: dict) -> str:
+    accs = r.get("accuracies") or [r["accuracy"]]
+    return f" ({len(accs)}: {min(accs):.3f}-{max(accs):.3f})" if len(accs) > 1 else ""
+
+
 def write(results: list[dict], path: Path) -> None:
     path.write_text(json.dumps({"setup": "configs/demo.toml, 3 sites, dirichlet:0.5, in-process grid",
                                 "results": results}, indent=1, default=str))
-    lines = ["| row | lever | DP-trained | rounds | target ε | accuracy | macro-F1 | ε spent (max site) | "
-             "unit | ledger vs replayed ε | wall s |", "|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+    lines = ["| row | lever | DP-trained | rounds | target ε | accuracy (runs: min-max) | macro-F1 | "
+             "ε spent (max site) | unit | ledger vs replayed ε | wall s |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|"]
     order = list(ROWS)
     for r in sorted(results, key=lambda r: (order.index(r["row"]) if r["row"] in order else 99,
                                             -float(r["epsilon_target"]))):
         eps = "∞" if math.isinf(float(r["epsilon_target"])) else f"{float(r['epsilon_target']):g}"
         lines.append(f"| {r['row']} | {r['lever']} | {r['trained']} | {r['rounds']} | {eps} | "
-                     f"{r['accuracy']:.4f} | {r['macro_f1']:.4f} | {r['epsilon_spent_max']:.3f} | "
+                     f"{r['accuracy']:.4f}{_spread(r)} | {r['macro_f1']:.4f} | {r['epsilon_spent_max']:.3f} | "
                      f"{'/'.join(r['unit'])} | {r['replay_gap']:.1e} | {r['wall_s']:.0f} |")
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
@@ -149,6 +155,7 @@ def main() -> None:
     ap.add_argument("--rows", default="rule", help=f"comma-separated, from: {', '.join(ROWS)}")
     ap.add_argument("--epsilons", default="8")
     ap.add_argument("--list", action="store_true")
+    ap.add_argument("--repeats", type=int, default=1, help="runs per row and epsilon (DP noise differs)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "dp_sweep.json")
     args = ap.parse_args()
     if args.list:
@@ -161,7 +168,12 @@ def main() -> None:
     for name in args.rows.split(","):
         for eps in ([math.inf] if name == "non-dp" else [float(e) for e in args.epsilons.split(",")]):
             data = customer_csv(work) if name == "rule-person" else None
-            r = one_run(name, eps=eps, out=work / f"{name}-{eps:g}", data=data)
+            runs = [one_run(name, eps=eps, out=work / f"{name}-{eps:g}-{k}", data=data)
+                    for k in range(args.repeats)]
+            r = {**runs[-1], "accuracies": [x["accuracy"] for x in runs],
+                 "accuracy": sum(x["accuracy"] for x in runs) / len(runs),
+                 "macro_f1": sum(x["macro_f1"] for x in runs) / len(runs),
+                 "replay_gap": max(x["replay_gap"] for x in runs)}
             prior = [p for p in prior if (p["row"], float(p["epsilon_target"])) != (name, float(eps))]
             prior.append(r)
             write(prior, args.out)

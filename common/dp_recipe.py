@@ -50,11 +50,15 @@ STEP_NOISE = 0.012  # take more steps while sigma / U stays at or below this
 TOTAL_STEPS = (48, 24, 12)  # candidate steps over the whole run, most first
 
 
+SOURCES = {"auto": "the size rule", "run": "run config",
+           "default": "fedtune's DP defaults: the size rule covers classification only"}
+
+
 @dataclass(frozen=True)
 class Recipe:
     """A site's resolved DP training settings for one run."""
 
-    source: str  # "auto" (the rule picked them) | "run" (the run config set some)
+    source: str  # "auto" (the size rule) | "run" (the run config set some) | "default" (not classification)
     unit: str  # "record" | "person"
     units: int  # privacy units at this site (records, or persons)
     batch: int  # expected Poisson batch, in units
@@ -76,7 +80,7 @@ class Recipe:
                 else "the adapter (DP-SGD)")
         return (f"{what}; unit {self.unit} ({self.units:,} at this site); expected batch {self.batch} "
                 f"(q={self.sample_rate:.3f}), {self.steps_per_round} steps a round, clip {self.clip:g}, "
-                f"probe learning rate {self.learning_rate:.4g} [{'the size rule' if self.source == 'auto' else 'run config'}]")
+                f"probe learning rate {self.learning_rate:.4g} [{SOURCES[self.source]}]")
 
 
 def user_set(cfg: RunConfig) -> bool:
@@ -114,7 +118,7 @@ def resolve_recipe(cfg: RunConfig, *, units: int, unit: str = "record",
                    sigma_of: Callable[[float, int], float] | None = None) -> Recipe:
     """The recipe of this run at a site with `units` privacy units (`sigma_of`: see auto_recipe;
     needed only when the rule applies)."""
-    if not user_set(cfg):
+    if not user_set(cfg) and cfg.task.type == "classification":  # probing needs a class head
         if sigma_of is None:
             raise ValueError("the DP size rule needs the site's accountant (sigma_of)")
         return auto_recipe(units=units, unit=unit, rounds=cfg.federation.rounds, sigma_of=sigma_of)
@@ -125,7 +129,7 @@ def resolve_recipe(cfg: RunConfig, *, units: int, unit: str = "record",
         batch = p.batch_size or t.batch_size
     batch = max(1, min(units, batch))
     epochs = p.local_epochs or t.local_epochs
-    return Recipe(source="run", unit=unit, units=units, batch=batch,
+    return Recipe(source="run" if user_set(cfg) else "default", unit=unit, units=units, batch=batch,
                   steps_per_round=max(1, math.ceil(epochs * units / batch)),
                   probe_rounds=max(0, p.probe_rounds),
                   learning_rate=p.learning_rate or t.head_learning_rate or t.learning_rate,
@@ -134,6 +138,9 @@ def resolve_recipe(cfg: RunConfig, *, units: int, unit: str = "record",
 
 def announce(cfg: RunConfig) -> str:
     """What the run's first lines say about the DP recipe (each site logs its own numbers)."""
+    if not user_set(cfg) and cfg.task.type != "classification":
+        return (f"DP-SGD over the adapter with train.* settings and clip 1.0 (the size rule covers "
+                f"classification; this run is {cfg.task.type})")
     if user_set(cfg):
         p = cfg.privacy
         return ("DP recipe from the run config: " + ", ".join(

@@ -45,6 +45,15 @@ def test_rule_applies_only_when_no_dp_knob_is_set():
         assert r.steps_per_round == -(-(2 if "epochs" in knob else 1) * 1152 // r.batch)
 
 
+def test_rule_covers_classification_only():
+    """Regression and causal-LM runs have no class head to probe: DP-SGD over the adapter."""
+    for task in ("regression", "causal-lm"):
+        r = dp_recipe.resolve_recipe(_cfg(f"task.type={task}"), units=500)
+        assert r.source == "default" and r.probe_rounds == 0 and r.clip == 1.0
+        assert "covers classification" in r.describe(4)
+        assert "covers" in dp_recipe.announce(_cfg(f"task.type={task}"))
+
+
 @pytest.mark.parametrize("n,eps,per_round", [(1152, 8.0, 8), (1152, 3.0, 8), (1152, 1.0, 2),
                                              (576, 3.0, 4), (288, 8.0, 4)])
 def test_size_rule_steps_and_noise_travel(n, eps, per_round):
