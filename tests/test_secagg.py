@@ -54,8 +54,11 @@ def runs(tmp_path_factory, tiny_model_dir):
         "plain": _simulate(tmp / "plain", lora),
         "secagg": _simulate(tmp / "secagg", lora + ["privacy.secure-aggregation=true"],
                             audit=tmp / "audit"),
+        # DP-SGD over the FFA adapter (a DP knob set: not the size rule's head-only probing,
+        # whose large steps on the head would defeat the unmask check below)
         "dp": _simulate(tmp / "dp", base + ["privacy.secure-aggregation=true", "privacy.dp=true",
-                                            "privacy.epsilon=8", "simulation.attack=dropout"]),
+                                            "privacy.epsilon=8", "privacy.max-grad-norm=1.0",
+                                            "simulation.attack=dropout"]),
     }
 
 
