@@ -117,9 +117,14 @@ def _dp_probe(model, enc, *, pad: int, seed: int) -> float:
     from client.dp_head import find_head, head_inputs, train_head_dp
     from client.dp_units import units_of
     from client.trainer import Schedule
+    from client.accounting import calibrate_noise
     from common.dp_recipe import auto_recipe
 
-    recipe = auto_recipe(units=len(enc), unit="record", rounds=1)
+    def sigma_of(q: float, steps: int) -> float:  # the default accountant, epsilon 8, delta 1/(10 n)
+        return calibrate_noise([], sample_rate=q, steps=steps, target_epsilon=8.0,
+                               delta=0.1 / len(enc), accountant="rdp")
+
+    recipe = auto_recipe(units=len(enc), unit="record", rounds=1, sigma_of=sigma_of)
     t0 = time.perf_counter()
     x = head_inputs(model, enc, pad_id=pad)
     head = find_head(model)

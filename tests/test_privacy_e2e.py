@@ -74,7 +74,9 @@ def test_site_at_budget_refuses_and_run_continues(two_dp_runs):
 
 def test_only_adapter_arrays_and_whitelisted_metrics_leave_sites(two_dp_runs, tiny_model_dir):
     _, _, audit = two_dp_runs
-    model = build_model(ModelConfig(base=str(tiny_model_dir), max_length=32), num_labels=4).model
+    # privacy.dp with pooling "auto" reads mean-pooled features: the [CLS] pooler (and its LoRA) is gone
+    model = build_model(ModelConfig(base=str(tiny_model_dir), max_length=32, pooling="mean"),
+                        num_labels=4).model
     expected = {k: list(v.shape) for k, v in get_state(model, exclude=FFA_FROZEN).items()}
     entries = [json.loads(line) for f in audit.glob("*.jsonl") for line in f.read_text().splitlines()]
     assert len(entries) >= 2 * 2 * 2  # both runs x train+evaluate x rounds, at least
