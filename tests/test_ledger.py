@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from client.ledger import LedgerCorrupt
-from client.privacy import PrivacyLedger, open_ledger, reset_ledger
+from client.ledger_admin import open_ledger, reset_ledger
+from client.privacy import PrivacyLedger
 from common.errors import FedtuneError, PrivacyBudgetExceeded
 from tests import simhelp
 from tests.test_privacy import _independent_epsilon, journal_entries

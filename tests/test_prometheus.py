@@ -103,7 +103,7 @@ def test_coordinator_metrics_follow_the_round_record(run, fed):
 
 
 def test_site_metrics_count_messages_errors_and_epsilon(run, fed):
-    from client.privacy import open_ledger
+    from client.ledger_admin import open_ledger
 
     a = _scrape(fed.urls["a"] + "metrics")
     assert a[("fedtune_site_messages_total", (("type", "train"),))] == 2

@@ -52,7 +52,8 @@ def ledger(action: str = arg("show", click_type=click.Choice(["show", "reset"]),
     """Print a site's privacy ledger (lineage, every run and round, whether the journal verifies),
     or, with `reset --reason`, record an explicit fresh start (never a silent one)."""
     from client.ledger import LedgerCorrupt
-    from client.privacy import PrivacyLedger, open_ledger, reset_ledger
+    from client.ledger_admin import open_ledger, reset_ledger
+    from client.privacy import PrivacyLedger
 
     if action == "reset":
         if not (reason or "").strip():

@@ -119,7 +119,7 @@ class SiteMetrics:
         if self.site_dir is None:
             return
         from client.ledger import LedgerCorrupt
-        from client.privacy import open_ledger
+        from client.ledger_admin import open_ledger
 
         try:
             ledger = open_ledger(self.site_dir)
