@@ -5,7 +5,8 @@
 
 Sections: traffic, throughput, overhead, accuracy, scale (see bench/README.md). Each writes
 `<out>/<section>.json`; `<out>/RESULTS.md` gets the machine, the targets table and every
-section's table. Notes written by hand below the `<!-- findings -->` line of RESULTS.md are kept
+section's table (with `--only`, the other sections are read back from their JSON files in
+`--out`, and the header says so). Notes written by hand below the `<!-- findings -->` line of RESULTS.md are kept
 when it is regenerated. `--out` defaults to bench/results (bench/results/quick with --quick).
 """
 
@@ -100,6 +101,15 @@ def targets(res: dict) -> list[dict]:
     return rows
 
 
+def _old_section(md_path: Path, name: str) -> str:
+    """The text of section `name` in an existing RESULTS.md ('' when there is none)."""
+    if not md_path.is_file():
+        return ""
+    text = md_path.read_text(encoding="utf-8").split(FINDINGS, 1)[0]
+    parts = text.split(f"\n## {TITLES[name]}\n", 1)
+    return parts[1].split("\n## ", 1)[0].strip() if len(parts) == 2 else ""
+
+
 def markdown(res: dict, rows: list[dict], info: dict, *, quick: bool, seconds: float, kept: str) -> str:
     m = info["machine"]
     lines = [f"# fedtune benchmark results{' (--quick: tiny model, tiny data)' if quick else ''}", "",
@@ -107,6 +117,9 @@ def markdown(res: dict, rows: list[dict], info: dict, *, quick: bool, seconds: f
              f"{seconds / 60:.1f} min in all"
              + (f" (a resumed suite: {', '.join(info['reused'])} and finished runs reused from the "
                 "interrupted invocation, whose time is not included)" if info.get("reused") else "")
+             + (f"; `--only {','.join(info['only'])}`: the sections "
+                f"{', '.join(info.get('earlier', []) + list(info.get('stale', {})))} are from an "
+                "earlier invocation" if info["only"] != list(SECTIONS) else "")
              + ".", "",
              "| machine | |", "|---|---|",
              f"| CPU | {m['cpu_model']} |", f"| cores | {m['cores']} |", f"| RAM | {m['ram_gib']} GiB |",
@@ -123,6 +136,10 @@ def markdown(res: dict, rows: list[dict], info: dict, *, quick: bool, seconds: f
         if name in res:
             lines += ["", f"## {TITLES[name]}", "", SECTIONS[name].table(res[name]), "",
                       f"_{info['section_seconds'].get(name, 0):.0f} s_"]
+        elif info.get("stale", {}).get(name):
+            lines += ["", f"## {TITLES[name]}", "", "_Kept from the earlier RESULTS.md (its targets "
+                      "rows are not in the table above): the section's JSON predates its current "
+                      f"table; `--only {name}` renews it._", "", info["stale"][name]]
         elif name in info["errors"]:
             lines += ["", f"## {TITLES[name]}", "", f"FAILED: `{info['errors'][name]}`"]
     lines += ["", FINDINGS, kept.rstrip(), ""]
@@ -149,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     done = work / "sections"
     done.mkdir(parents=True, exist_ok=True)
     info = {"machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M"), "errors": {},
-            "section_seconds": {}}
+            "section_seconds": {}, "only": only}
     res: dict = {}
     try:
         for name in [s for s in SECTIONS if s in only]:
@@ -176,6 +193,23 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if args.work is None:
             shutil.rmtree(work, ignore_errors=True)
+    for name in [s for s in SECTIONS if s not in only]:  # --only: RESULTS.md keeps the other sections
+        earlier = out / f"{name}.json"
+        if earlier.is_file():
+            data = json.loads(earlier.read_text(encoding="utf-8"))
+            kept = {k: v for k, v in data.items() if k not in ("machine", "quick", "seconds")}
+            try:  # a file from an older version of the section may lack fields: leave it out
+                targets({name: kept}), SECTIONS[name].table(kept)
+            except (KeyError, TypeError, IndexError) as err:
+                old = _old_section(out / "RESULTS.md", name)
+                info.setdefault("stale", {})[name] = old
+                print(f"  {earlier} predates the section's table ({err!r}): "
+                      f"{'its earlier RESULTS.md text is kept' if old else 'left out'}; rerun --only {name}")
+                continue
+            if data.get("quick") == args.quick:
+                info["section_seconds"][name] = data.get("seconds", 0)
+                res[name] = kept
+                info.setdefault("earlier", []).append(name)
     seconds = time.perf_counter() - t_start
     info["load_end"] = [round(x, 2) for x in os.getloadavg()]
     rows = targets(res)
