@@ -217,7 +217,11 @@ def write_overview(out: Path) -> None:
     parts = ["# Skew benchmark (bench/bench_skew.py)\n", table(json.loads((out / "skew.json").read_text()))]
     for path in sorted(out.glob("skew_*.json")):
         doc = json.loads(path.read_text())
-        parts += [f"\n## Variant `{path.stem[5:]}`: {' '.join(doc['setup'].get('sets', []))}\n", table(doc)]
+        base, setup = json.loads((out / "skew.json").read_text())["setup"], doc["setup"]
+        changed = [f"{k}={setup[k]}" for k in ("rows", "heldout", "rounds", "local_epochs",
+                                               "personalize_epochs", "mu", "split", "seed")
+                   if k in setup and setup[k] != base.get(k)]
+        parts += [f"\n## Variant `{path.stem[5:]}`: {' '.join(changed + setup.get('sets', []))}\n", table(doc)]
     (out / "skew.md").write_text("\n".join(parts), encoding="utf-8")
 
 
