@@ -1,8 +1,8 @@
 """The site policy's privacy rules (client/policy.py calls them from check_policy).
 
 Each is a decision the site makes, never the coordinator: a run config that switches scrubbing
-off, augments records under DP, picks a large delta, runs many rounds or fine-tunes the whole
-model is refused here. Each rule returns the full text (values included) for the site's log and
+off, augments records under DP, shapes the loss by the site's counts under DP, picks a large
+delta, runs many rounds or fine-tunes the whole model is refused here. Each rule returns the full text (values included) for the site's log and
 a FIXED public reason, the only thing that crosses the wire (common/errors.py)."""
 
 from __future__ import annotations
@@ -26,6 +26,13 @@ def privacy_rules(policy: Any, cfg: RunConfig, rows: int | None) -> list[tuple[s
                     "per-record epsilon grows with copies; set data.augment=\"\" and data.augment-copies=1,"
                     " or the site sets allow-augment-under-dp = true",
                     "refused by site policy rule allow-augment-under-dp: turn data augmentation off under DP"))
+    if dp and (cfg.train.class_weights != "none" or cfg.train.absent_class_scale < 1):
+        out.append((f"the run shapes the loss by the site's own train counts under DP (train.class-weights "
+                    f"= {cfg.train.class_weights!r}, train.absent-class-scale = {cfg.train.absent_class_scale:g}):"
+                    " one record can change every other record's gradient, outside DP-SGD's per-record "
+                    "bound; set train.class-weights=none and train.absent-class-scale=1",
+                    "refused by site rule dp-loss-from-counts: no class weights or absent-class scaling "
+                    "under DP"))
     if dp and cfg.privacy.delta:
         if policy.max_delta is not None and cfg.privacy.delta > policy.max_delta:
             out.append((f"the run's privacy.delta {cfg.privacy.delta:g} is above the site's max-delta "

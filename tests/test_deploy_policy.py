@@ -78,6 +78,10 @@ def test_bad_privacy_keys_name_the_key(tmp_path, text, match):
     (["privacy.dp=true", "privacy.delta=0.5"], SitePolicy(), "delta-below-one-over-n"),
     (["federation.rounds=9"], SitePolicy(max_rounds_per_run=4), "max-rounds-per-run"),
     (["model.finetune=full"], SitePolicy(allow_full_finetune=False), "allow-full-finetune"),
+    # a loss shaped by the site's own train counts makes every record's gradient depend on the
+    # others (one record can flip a class from present to absent): outside DP-SGD's per-record bound
+    (["privacy.dp=true", "train.absent-class-scale=0.5"], SitePolicy(), "dp-loss-from-counts"),
+    (["privacy.dp=true", "train.class-weights=balanced"], SitePolicy(), "dp-loss-from-counts"),
 ])
 def test_privacy_rules_refuse_with_a_fixed_public_reason(overrides, policy, rule):
     """Scenario 4 and 8: delta, scrubbing, augmentation, rounds and full fine-tuning are the
