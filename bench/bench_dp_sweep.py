@@ -120,7 +120,9 @@ def one_run(name: str, *, eps: float, out: Path, data: str | None = None,
     res = run_inprocess(cfg, out=out, log=out.parent / f"{out.name}.log")
     s = res["summary"]
     privacy = s.get("privacy", {})
-    return {"row": name, "lever": lever, "trained": trained, "sets": sets,
+    shown = [f"simulation.data=<tmp>/{Path(data).name}" if data and x == f"simulation.data={data}" else x
+             for x in sets]  # no path of this machine in the results
+    return {"row": name, "lever": lever, "trained": trained, "sets": shown,
             "epsilon_target": eps if name != "non-dp" else math.inf,
             "rounds": cfg.federation.rounds, "accuracy": s.get("accuracy"), "macro_f1": s.get("macro_f1"),
             "epsilon_spent_max": max((p.get("epsilon", 0.0) for p in privacy.values()), default=0.0),

@@ -23,6 +23,14 @@ sys.path.insert(0, str(ROOT))
 VARIANTS = [(0.5, 1.0), (1.0, 1.0), (2.0, 1.0), (1.0, 0.3), (2.0, 0.3)]  # (epochs, lr scale)
 
 
+def _shown(path: Path) -> str:
+    """`path` relative to the checkout when inside it, else only its name."""
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return f"<tmp>/{path.name}"
+
+
 def main(argv: list[str] | None = None) -> int:
     import os
 
@@ -82,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
                "worst": float(min(r[k] for r in results.values())),
                "below_local_only": sum(r[k] < r["local_only"] - 1e-12 for r in results.values())}
            for k in keys}
-    doc = {"setup": vars(args), "sites": results, "summary": agg, "wall_s": time.perf_counter() - t0}
+    setup = dict(vars(args), work=_shown(Path(args.work)))  # no path of this machine in results
+    doc = {"setup": setup, "sites": results, "summary": agg, "wall_s": time.perf_counter() - t0}
     out = ROOT / "bench" / "results"
     (out / "personalize.json").write_text(json.dumps(doc, indent=1), encoding="utf-8")
     lines = [f"# Personalization study (bench/personalize_study.py)\n\n{args.sites} sites, Dirichlet "
